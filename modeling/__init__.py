@@ -1,0 +1,3 @@
+from .modeling_vlp import VLPModel, VLPOutput, VLPPreTrainedModel
+
+__all__ = ["VLPModel", "VLPOutput", "VLPPreTrainedModel"]

@@ -1,0 +1,92 @@
+"""Contrastive losses shared by all models, distributed-aware in the style of open_clip's `loss.py`.
+
+Every rank scores its own rows against the embeddings of *all* ranks (gathered with gradient), with labels
+offset by `rank * local_batch`. The mean of the per-rank losses then equals the loss on the concatenated global
+batch, and after DDP's gradient averaging so does the gradient: every sample is a negative for every other.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn
+from torch import nn
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
+    """Concatenate `features` from all ranks along dim 0; gradients flow back to the rank that produced each row."""
+    _, world_size = _world()
+    if world_size == 1:
+        return features
+    return torch.cat(torch.distributed.nn.functional.all_gather(features), dim=0)
+
+
+def _local_labels(local_batch: int, device: torch.device) -> torch.Tensor:
+    rank, _ = _world()
+    return torch.arange(local_batch, device=device) + rank * local_batch
+
+
+def clip_loss(
+    visual_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Symmetric InfoNCE on L2-normalised embeddings; `logit_scale` is the log temperature.
+
+    Returns `(loss, logits_per_visual, logits_per_text)` for the local rows against all gathered columns.
+    """
+    all_visual, all_text = gather_with_grad(visual_embeds), gather_with_grad(text_embeds)
+    scale = logit_scale.exp()
+    logits_per_visual = scale * visual_embeds @ all_text.T
+    logits_per_text = scale * text_embeds @ all_visual.T
+    labels = _local_labels(visual_embeds.shape[0], visual_embeds.device)
+    loss = (
+        nn.functional.cross_entropy(logits_per_visual, labels) + nn.functional.cross_entropy(logits_per_text, labels)
+    ) / 2
+    return loss, logits_per_visual, logits_per_text
+
+
+def siglip_loss(
+    visual_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SigLIP's pairwise sigmoid loss: every (visual, text) pair is an independent binary decision.
+
+    Normalised by the local batch size as in the paper, so the mean over ranks is the global-batch loss.
+    """
+    all_text, all_visual = gather_with_grad(text_embeds), gather_with_grad(visual_embeds)
+    scale = logit_scale.exp()
+    logits_per_visual = scale * visual_embeds @ all_text.T + logit_bias
+    logits_per_text = scale * text_embeds @ all_visual.T + logit_bias
+    labels = _local_labels(visual_embeds.shape[0], visual_embeds.device)
+    signs = -torch.ones_like(logits_per_visual)
+    signs[torch.arange(labels.shape[0], device=labels.device), labels] = 1.0
+    loss = -nn.functional.logsigmoid(signs * logits_per_visual).sum() / visual_embeds.shape[0]
+    return loss, logits_per_visual, logits_per_text
+
+
+def supervised_contrastive_loss(
+    embeds: torch.Tensor, group_ids: torch.Tensor, temperature: float = 0.05
+) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020): rows sharing a `group_id` are positives for each other.
+
+    `embeds` must be L2-normalised. Anchors without any positive are left out of the mean.
+    """
+    all_embeds, all_groups = gather_with_grad(embeds), gather_with_grad(group_ids)
+    rank, _ = _world()
+    local_index = torch.arange(embeds.shape[0], device=embeds.device) + rank * embeds.shape[0]
+    logits = embeds @ all_embeds.T / temperature
+    not_self = torch.ones_like(logits, dtype=torch.bool)
+    not_self[torch.arange(embeds.shape[0], device=embeds.device), local_index] = False
+    positives = (group_ids[:, None] == all_groups[None, :]) & not_self
+    log_prob = logits - torch.logsumexp(logits.masked_fill(~not_self, float("-inf")), dim=1, keepdim=True)
+    num_positives = positives.sum(dim=1)
+    has_positive = num_positives > 0
+    if not has_positive.any():
+        return logits.sum() * 0.0
+    mean_log_prob_pos = (log_prob * positives).sum(dim=1)[has_positive] / num_positives[has_positive]
+    return -mean_log_prob_pos.mean()
+
+
+__all__ = ["clip_loss", "gather_with_grad", "siglip_loss", "supervised_contrastive_loss"]

@@ -1,0 +1,137 @@
+"""Validation, normalisation and padding of sign-language sequences (shared by the VLP and Sign2Text processors)."""
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+LONG_SEQUENCE_STRATEGIES = ("sample", "truncate", "error")
+MISSING_KEYPOINT_POLICIES = ("error", "mask")
+
+
+def _kept_frames(num_frames: int, max_frames: int, strategy: str, index: int) -> np.ndarray:
+    """Indices of the frames to keep when a clip is longer than `max_frames`."""
+    if num_frames <= max_frames:
+        return np.arange(num_frames)
+    if strategy == "error":
+        raise ValueError(
+            f"Sequence {index} has {num_frames} frames but max_frames is {max_frames}; raise max_frames or use "
+            "long_sequence_strategy='sample' or 'truncate'."
+        )
+    warnings.warn(
+        f"Sequence {index} has {num_frames} frames > max_frames={max_frames}; "
+        f"{'resampling it uniformly' if strategy == 'sample' else 'keeping the first frames'}.",
+        stacklevel=3,
+    )
+    if strategy == "truncate":
+        return np.arange(max_frames)
+    return np.linspace(0, num_frames - 1, max_frames).round().astype(int)
+
+
+def _normalise_keypoints(keypoints: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Centre on the clip's mean keypoint and divide by its spread, so signer position and body scale drop out."""
+    points = keypoints[present]
+    centre = points.mean(axis=0)
+    scale = np.linalg.norm(points - centre, axis=-1).mean()
+    return (keypoints - centre) / max(float(scale), 1e-6)
+
+
+def prepare_sequences(
+    keypoints: Sequence[np.ndarray] | None,
+    frame_features: Sequence[np.ndarray] | None,
+    *,
+    max_frames: int,
+    num_keypoints: int,
+    keypoint_dim: int,
+    feature_dim: int,
+    long_sequence_strategy: str = "sample",
+    missing_keypoints: str = "error",
+    normalize_keypoints: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Turn per-clip arrays into padded tensors plus a frame mask.
+
+    Args:
+        keypoints: per clip, `(frames, num_keypoints, keypoint_dim)`; NaN marks a missing keypoint.
+        frame_features: per clip, `(frames, feature_dim)`, same frame count as the clip's keypoints.
+        long_sequence_strategy: for clips longer than `max_frames`: `"sample"` keeps `max_frames` frames spread
+            uniformly over the clip (no words are cut off), `"truncate"` keeps the first ones, `"error"` raises.
+        missing_keypoints: `"error"` rejects NaN keypoints; `"mask"` zeroes them and masks out frames where every
+            keypoint is missing.
+
+    Returns:
+        `keypoints` `(batch, frames, K, C)` and/or `frame_features` `(batch, frames, F)` as float32, and
+        `frame_mask` `(batch, frames)` as int64 (1 = real frame).
+    """
+    if long_sequence_strategy not in LONG_SEQUENCE_STRATEGIES:
+        raise ValueError(f"long_sequence_strategy must be one of {LONG_SEQUENCE_STRATEGIES}.")
+    if missing_keypoints not in MISSING_KEYPOINT_POLICIES:
+        raise ValueError(f"missing_keypoints must be one of {MISSING_KEYPOINT_POLICIES}.")
+    if keypoints is None and frame_features is None:
+        raise ValueError("Pass keypoints, frame_features, or both.")
+    if keypoints is not None and frame_features is not None and len(keypoints) != len(frame_features):
+        raise ValueError(f"Got {len(keypoints)} keypoint sequences but {len(frame_features)} feature sequences.")
+    batch_size = len(keypoints if keypoints is not None else frame_features)
+    if batch_size == 0:
+        raise ValueError("Got an empty batch of sequences.")
+
+    clips_keypoints, clips_features, clips_present = [], [], []
+    for index in range(batch_size):
+        present = None
+        if keypoints is not None:
+            clip = np.asarray(keypoints[index], dtype=np.float32)
+            if clip.ndim != 3 or clip.shape[1:] != (num_keypoints, keypoint_dim):
+                raise ValueError(
+                    f"Keypoints of sequence {index} have shape {clip.shape}; expected (frames, {num_keypoints}, "
+                    f"{keypoint_dim})."
+                )
+            if clip.shape[0] == 0:
+                raise ValueError(f"Sequence {index} has no frames.")
+            missing = np.isnan(clip).any(axis=-1)
+            if missing.any() and missing_keypoints == "error":
+                raise ValueError(
+                    f"Keypoints of sequence {index} contain NaN ({int(missing.sum())} missing keypoints); clean the data "
+                    "or use missing_keypoints='mask'."
+                )
+            frame_present = ~missing.all(axis=1)
+            if not frame_present.any():
+                raise ValueError(f"Every keypoint of every frame of sequence {index} is missing.")
+            clip = np.where(missing[..., None], 0.0, clip)
+            if normalize_keypoints:
+                clip = np.where(missing[..., None], 0.0, _normalise_keypoints(clip, ~missing))
+            present = frame_present
+            clips_keypoints.append(clip)
+        if frame_features is not None:
+            features = np.asarray(frame_features[index], dtype=np.float32)
+            if features.ndim != 2 or features.shape[1] != feature_dim:
+                raise ValueError(
+                    f"Frame features of sequence {index} have shape {features.shape}; expected (frames, {feature_dim})."
+                )
+            if not np.isfinite(features).all():
+                raise ValueError(f"Frame features of sequence {index} contain NaN or inf.")
+            if present is not None and features.shape[0] != present.shape[0]:
+                raise ValueError(
+                    f"Sequence {index} has {present.shape[0]} keypoint frames but {features.shape[0]} feature frames."
+                )
+            present = np.ones(features.shape[0], dtype=bool) if present is None else present
+            clips_features.append(features)
+        kept = _kept_frames(len(present), max_frames, long_sequence_strategy, index)
+        clips_present.append(present[kept])
+        for clips in (clips_keypoints, clips_features):
+            if len(clips) == index + 1:
+                clips[index] = clips[index][kept]
+
+    num_frames = max(len(present) for present in clips_present)
+    batch = {"frame_mask": torch.zeros(batch_size, num_frames, dtype=torch.long)}
+    for index, present in enumerate(clips_present):
+        batch["frame_mask"][index, : len(present)] = torch.from_numpy(present.astype(np.int64))
+    for name, clips in (("keypoints", clips_keypoints), ("frame_features", clips_features)):
+        if clips:
+            padded = torch.zeros(batch_size, num_frames, *clips[0].shape[1:])
+            for index, clip in enumerate(clips):
+                padded[index, : len(clip)] = torch.from_numpy(np.ascontiguousarray(clip))
+            batch[name] = padded
+    return batch
+
+
+__all__ = ["prepare_sequences"]

@@ -1,0 +1,239 @@
+"""The parts of a training run that every model shares: arguments, accelerator, optimiser, loop, checkpoints."""
+
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_NAME = "trainer_state.json"
+
+
+@dataclass
+class TrainingArguments:
+    """Arguments every training script takes."""
+
+    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs, plots and the final model go."})
+    seed: int = field(default=0, metadata={"help": "Seed for model initialisation and data order."})
+    max_train_steps: int = field(default=600, metadata={"help": "Optimiser steps to train for."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Micro-batch size per process."})
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Micro-batches per optimiser step. Contrastive models cache features across them, so the "
+            "loss sees all k×m samples as negatives (not plain accumulation)."
+        },
+    )
+    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not applied to biases, norms, temperatures)."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent in linear warm-up before cosine decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables."})
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 where the GPU supports it, else fp32), 'no', 'fp16' or 'bf16'."}
+    )
+    logging_steps: int = field(default=20, metadata={"help": "Log the running loss every N steps."})
+    checkpointing_steps: int = field(default=200, metadata={"help": "Save a resumable checkpoint every N steps; 0 disables."})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one under output_dir."}
+    )
+    report_to: str = field(default="auto", metadata={"help": "Tracker: 'auto' (TensorBoard if installed), 'none', or a name accelerate knows."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Batch size for the final evaluation."})
+    push_to_hub_repo: str | None = field(default=None, metadata={"help": "Also upload the final folder to this Hub repo id."})
+
+
+def parse_arguments(*dataclass_types) -> tuple:
+    """Parse the command line (or a single .json file) into the given dataclasses; `--help` lists every field."""
+    parser = HfArgumentParser(dataclass_types)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=sys.argv[1])
+    return parser.parse_args_into_dataclasses()
+
+
+def _resolve_mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _resolve_tracker(requested: str) -> str | None:
+    if requested == "auto":
+        return "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    return None if requested == "none" else requested
+
+
+def make_accelerator(args: TrainingArguments, project_name: str, hyperparameters: dict) -> Accelerator:
+    """An accelerator with seeded data order, the chosen tracker started, and logging set up on every process."""
+    tracker = _resolve_tracker(args.report_to)
+    accelerator = Accelerator(
+        mixed_precision=_resolve_mixed_precision(args.mixed_precision),
+        log_with=tracker,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir, "logs"))),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Backbones keep heads we never call (BERT's pooler, CLIP's post-norm); DDP must not wait for their grads.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    set_seed(args.seed)
+    if tracker is not None:
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()}
+        accelerator.init_trackers(project_name, config=flat)
+    return accelerator
+
+
+def create_optimizer_and_scheduler(
+    model: torch.nn.Module, args: TrainingArguments
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over trainable parameters, without weight decay on 1-D tensors (biases, norms, temperatures, latents
+    keep their scale), and linear warm-up followed by cosine decay."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("The model has no trainable parameters; check the freeze options.")
+    groups = [
+        {"params": [p for _, p in trainable if p.ndim >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for _, p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate)
+    warmup = math.ceil(args.warmup_ratio * args.max_train_steps)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, args.max_train_steps)
+
+
+def _checkpoint_dir(output_dir: str) -> Path:
+    return Path(output_dir, "checkpoints")
+
+
+def resolve_checkpoint(args: TrainingArguments) -> Path | None:
+    """The checkpoint to resume from, or a clear error if the requested one is absent or incomplete."""
+    if args.resume_from_checkpoint is None:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        candidates = sorted(_checkpoint_dir(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not candidates:
+            raise FileNotFoundError(f"--resume_from_checkpoint latest: no checkpoint under {_checkpoint_dir(args.output_dir)}.")
+        path = candidates[-1]
+    else:
+        path = Path(args.resume_from_checkpoint)
+    if not (path / TRAINER_STATE_NAME).is_file():
+        raise FileNotFoundError(
+            f"{path} is not a complete checkpoint (no {TRAINER_STATE_NAME}); pass a folder written by this trainer "
+            "under <output_dir>/checkpoints/."
+        )
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int) -> Path:
+    """`save_state` into a temporary folder, then rename it: a crash never leaves a half-written checkpoint."""
+    root = _checkpoint_dir(args.output_dir)
+    final, staging = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(staging))
+    if accelerator.is_main_process:
+        (staging / TRAINER_STATE_NAME).write_text(json.dumps({"global_step": step}))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        existing = sorted(root.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in existing[: -args.checkpoints_total_limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _micro_batches(accelerator: Accelerator, dataloader, start_micro_batch: int) -> Iterator:
+    """Endless stream of micro-batches over epochs (reshuffled each epoch), skipping those already consumed."""
+    epoch, skip = divmod(start_micro_batch, len(dataloader))
+    while True:
+        dataloader.set_epoch(epoch)
+        yield from accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        epoch, skip = epoch + 1, 0
+
+
+def train_loop(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    dataloader,
+    args: TrainingArguments,
+    train_step: Callable[[Sequence[dict]], dict[str, float]],
+    after_optimizer_step: Callable[[], None] | None = None,
+) -> list[dict]:
+    """Run `args.max_train_steps` optimiser steps; returns the logged history.
+
+    `train_step` receives the step's `gradient_accumulation_steps` micro-batches, back-propagates, and returns the
+    values to log (at least `loss`). Everything else — clipping, optimiser and schedule, progress bar, trackers,
+    checkpoints, resuming — happens here.
+    """
+    start_step = 0
+    checkpoint = resolve_checkpoint(args)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        start_step = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())["global_step"]
+        logger.info("Resumed from %s at step %d", checkpoint, start_step)
+    k = args.gradient_accumulation_steps
+    if len(dataloader) < k:
+        raise ValueError(
+            f"The training set gives {len(dataloader)} micro-batches per epoch, fewer than gradient_accumulation_steps={k}."
+        )
+    batches = _micro_batches(accelerator, dataloader, start_step * k)
+    history, running = [], []
+    progress = tqdm(
+        total=args.max_train_steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
+    )
+    model.train()
+    for step in range(start_step + 1, args.max_train_steps + 1):
+        logs = train_step([next(batches) for _ in range(k)])
+        if args.max_grad_norm > 0:
+            logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_optimizer_step is not None:
+            after_optimizer_step()
+        running.append(logs["loss"])
+        progress.update(1)
+        if step % args.logging_steps == 0 or step == args.max_train_steps:
+            record = {**logs, "loss": sum(running) / len(running), "lr": scheduler.get_last_lr()[0], "step": step}
+            running = []
+            history.append(record)
+            accelerator.log({f"train/{name}": value for name, value in record.items() if name != "step"}, step=step)
+            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < args.max_train_steps:
+            save_checkpoint(accelerator, args, step)
+    progress.close()
+    return history
+
+
+def arguments_as_dict(*dataclasses_) -> dict:
+    merged = {}
+    for item in dataclasses_:
+        merged.update(asdict(item))
+    return merged
+
+
+__all__ = [
+    "TrainingArguments",
+    "arguments_as_dict",
+    "create_optimizer_and_scheduler",
+    "make_accelerator",
+    "parse_arguments",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "train_loop",
+]
