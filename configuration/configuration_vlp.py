@@ -31,8 +31,11 @@ class VLPConfig(PreTrainedConfig):
             Keep the image backbone's weights fixed (the usual choice with a pretrained CLIP).
         freeze_text_tower (`bool`, defaults to `False`):
             Keep the text encoder's weights fixed.
-        text_pooling (`str`, defaults to `"cls"`):
-            `"cls"` takes the first token's state, `"mean"` averages over non-padding tokens.
+        text_pooling (`str`, defaults to `"mean"`):
+            `"mean"` averages the states of non-padding tokens; `"cls"` takes the first token's state. Mean pooling
+            is the default because a randomly initialised BERT's [CLS] state barely depends on the text (cosine
+            ≈ 0.9999 between different captions), which lets the visual side collapse onto a constant before the
+            text side learns anything.
         pooling_type (`str`, defaults to `"attention"`):
             `"attention"`: one learned probe attends over the visual tokens (a MAP head).
             `"perceiver"`: `num_latents` learned latents cross-attend to the tokens, then are averaged.
@@ -74,7 +77,7 @@ class VLPConfig(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     freeze_vision_tower: bool = False
     freeze_text_tower: bool = False
-    text_pooling: str = "cls"
+    text_pooling: str = "mean"
     pooling_type: str = "attention"
     pooling_hidden_size: int = 512
     num_pooling_heads: int = 8

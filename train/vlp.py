@@ -1,0 +1,318 @@
+"""Train the VLP dual encoder with accelerate, evaluate retrieval on held-out data, save a Hub-ready folder.
+
+    accelerate launch train/vlp.py                      # embedded shapes data, tiny backbones, ~10 min on 2 CPUs
+    accelerate launch train/vlp.py --modality signs     # embedded pose-keypoint + frame-feature clips
+    accelerate launch train/vlp.py --help               # every argument
+"""
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from configuration import SequenceEncoderConfig, VLPConfig
+from data.coco_karpathy import load_coco_karpathy
+from data.keypoint_table import load_keypoint_table
+from data.synthetic_shapes import make_shapes_splits
+from data.synthetic_signs import make_signs_splits
+from hub import build_model_card, push_to_hub, save_for_hub
+from modeling import VLPModel
+from processing import VLPProcessor
+from train.backbones import load_image_processor, load_tokenizer, tiny_text_config, tiny_vision_config
+from train.common import (
+    TrainingArguments,
+    arguments_as_dict,
+    create_optimizer_and_scheduler,
+    make_accelerator,
+    parse_arguments,
+    train_loop,
+)
+from train.evaluation import retrieval_report
+from train.grad_cache import average_gradients_across_ranks, feature_cached_backward
+from train.plots import plot_embedding_projection, plot_similarity_distributions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    modality: str = field(default="images", metadata={"help": "'images' (image tower) or 'signs' (pose/feature sequence tower)."})
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or folder of a vision backbone, e.g. openai/clip-vit-large-patch14. Default: a tiny CLIP vision tower from config."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or folder of a BERT-family text encoder, e.g. distilbert-base-uncased. Default: a tiny BERT from config."}
+    )
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Keep the image backbone fixed."})
+    freeze_text_tower: bool = field(default=False, metadata={"help": "Keep the text encoder fixed."})
+    pooling_type: str = field(default="attention", metadata={"help": "'attention' (MAP head) or 'perceiver'."})
+    num_latents: int = field(default=64, metadata={"help": "Perceiver latents."})
+    pooling_hidden_size: int = field(default=128, metadata={"help": "Width of the pooling head."})
+    projection_dim: int = field(default=128, metadata={"help": "Embedding size (largest Matryoshka dimension)."})
+    matryoshka_dims: str = field(default="128,64,32,16", metadata={"help": "Comma-separated nested dimensions."})
+    loss_type: str = field(default="clip", metadata={"help": "'clip' (InfoNCE) or 'siglip' (sigmoid)."})
+    use_keypoints: bool = field(default=True, metadata={"help": "signs: feed pose keypoints."})
+    use_visual_features: bool = field(default=True, metadata={"help": "signs: feed per-frame visual features."})
+    max_frames: int = field(default=96, metadata={"help": "signs: longest clip; longer ones are resampled."})
+    sequence_hidden_size: int = field(default=128, metadata={"help": "signs: width of the sequence tower."})
+    sequence_layers: int = field(default=2, metadata={"help": "signs: layers of the sequence tower."})
+    dropout: float = field(default=0.1, metadata={"help": "signs: dropout of the sequence tower."})
+    image_size: int = field(default=64, metadata={"help": "images: input resolution of the tiny default tower."})
+
+
+@dataclass
+class DataArguments:
+    dataset: str = field(
+        default="synthetic", metadata={"help": "'synthetic' (embedded, generated from data_seed), 'coco' or 'keypoint_table'."}
+    )
+    num_train: int = field(default=4000, metadata={"help": "synthetic: training items."})
+    num_eval: int = field(default=500, metadata={"help": "synthetic: held-out items."})
+    data_seed: int = field(default=1234, metadata={"help": "synthetic: generator seed."})
+    coco_annotation_file: str | None = field(default=None, metadata={"help": "coco: Karpathy dataset_coco.json."})
+    coco_image_root: str | None = field(default=None, metadata={"help": "coco: folder holding train2014/ and val2014/."})
+    train_table: str | None = field(default=None, metadata={"help": "keypoint_table: training CSV/TSV with id, sentence."})
+    eval_table: str | None = field(default=None, metadata={"help": "keypoint_table: held-out CSV/TSV."})
+    keypoint_dir: str | None = field(default=None, metadata={"help": "keypoint_table: folder of <id>.npy keypoints."})
+    feature_dir: str | None = field(default=None, metadata={"help": "keypoint_table: folder of <id>.npy frame features."})
+
+
+def build_model(model_args: ModelArguments, tokenizer) -> VLPModel:
+    sequence_config = None
+    if model_args.modality == "signs":
+        sequence_config = SequenceEncoderConfig(
+            use_keypoints=model_args.use_keypoints,
+            use_visual_features=model_args.use_visual_features,
+            max_frames=model_args.max_frames,
+            hidden_size=model_args.sequence_hidden_size,
+            num_hidden_layers=model_args.sequence_layers,
+            intermediate_size=4 * model_args.sequence_hidden_size,
+            dropout=model_args.dropout,
+        )
+    elif model_args.modality != "images":
+        raise ValueError(f"--modality must be 'images' or 'signs', got {model_args.modality!r}.")
+    head = dict(
+        freeze_vision_tower=model_args.freeze_vision_tower,
+        freeze_text_tower=model_args.freeze_text_tower,
+        pooling_type=model_args.pooling_type,
+        num_latents=model_args.num_latents,
+        pooling_hidden_size=model_args.pooling_hidden_size,
+        num_pooling_heads=4,
+        projection_dim=model_args.projection_dim,
+        matryoshka_dims=[int(d) for d in model_args.matryoshka_dims.split(",")],
+        loss_type=model_args.loss_type,
+    )
+    use_vision = model_args.modality == "images"
+    if model_args.text_model_name_or_path or (use_vision and model_args.vision_model_name_or_path):
+        if not model_args.text_model_name_or_path:
+            raise ValueError("With --vision_model_name_or_path, also pass --text_model_name_or_path.")
+        return VLPModel.from_backbones(
+            text_model_name_or_path=model_args.text_model_name_or_path,
+            vision_model_name_or_path=model_args.vision_model_name_or_path if use_vision else None,
+            sequence_config=sequence_config,
+            **head,
+        )
+    config = VLPConfig(
+        vision_config=tiny_vision_config(model_args.image_size) if use_vision else None,
+        sequence_config=sequence_config,
+        text_config=tiny_text_config(vocab_size=len(tokenizer)),
+        **head,
+    )
+    return VLPModel(config)
+
+
+def load_splits(model_args: ModelArguments, data_args: DataArguments, sequence_config: SequenceEncoderConfig | None):
+    """(train, eval) datasets in the project's image–caption or sequence–sentence schema."""
+    if data_args.dataset == "synthetic":
+        if model_args.modality == "images":
+            splits = make_shapes_splits(data_args.num_train, data_args.num_eval, seed=data_args.data_seed, image_size=model_args.image_size)
+        else:
+            splits = make_signs_splits(
+                data_args.num_train,
+                data_args.num_eval,
+                seed=data_args.data_seed,
+                num_keypoints=sequence_config.num_keypoints,
+                keypoint_dim=sequence_config.keypoint_dim,
+                feature_dim=sequence_config.feature_dim,
+            )
+        return splits["train"], splits["validation"]
+    if data_args.dataset == "coco":
+        if not (data_args.coco_annotation_file and data_args.coco_image_root):
+            raise ValueError("--dataset coco needs --coco_annotation_file and --coco_image_root.")
+        load = lambda split: load_coco_karpathy(data_args.coco_annotation_file, data_args.coco_image_root, split)  # noqa: E731
+        return load("train"), load("test")
+    if data_args.dataset == "keypoint_table":
+        if not (data_args.train_table and data_args.eval_table and data_args.keypoint_dir):
+            raise ValueError("--dataset keypoint_table needs --train_table, --eval_table and --keypoint_dir.")
+        load = lambda table: load_keypoint_table(table, data_args.keypoint_dir, data_args.feature_dir)  # noqa: E731
+        return load(data_args.train_table), load(data_args.eval_table)
+    raise ValueError(f"--dataset must be 'synthetic', 'coco' or 'keypoint_table', got {data_args.dataset!r}.")
+
+
+def visual_inputs(processor: VLPProcessor, examples: list[dict], config: VLPConfig) -> dict:
+    """Processor inputs for the visual side of a list of dataset rows."""
+    if config.vision_config is not None:
+        return {"images": [example["image"] for example in examples]}
+    sequence = config.sequence_config
+    return {
+        "keypoints": [example["keypoints"] for example in examples] if sequence.use_keypoints else None,
+        "frame_features": [example["features"] for example in examples] if sequence.use_visual_features else None,
+    }
+
+
+def make_train_collator(processor: VLPProcessor, config: VLPConfig, seed: int):
+    """Each image contributes one of its captions, drawn afresh each time, so two captions of one image never
+    meet in a batch as false negatives."""
+    rng = random.Random(seed)
+
+    def collate(examples: list[dict]) -> dict:
+        texts = [rng.choice(ex["captions"]) if "captions" in ex else ex["sentence"] for ex in examples]
+        return dict(processor(text=texts, **visual_inputs(processor, examples, config)))
+
+    return collate
+
+
+@torch.no_grad()
+def encode_eval_set(model: VLPModel, processor: VLPProcessor, dataset, batch_size: int, device) -> dict:
+    """Unnormalised embeddings of every held-out visual item and every text, with the text → visual index.
+
+    Image data: each image has several captions. Sign data: several clips share one sentence, so the distinct
+    sentences are the texts and each clip points to its sentence (`visual_to_text`).
+    """
+    model.eval()
+    visual, texts, text_to_visual, visual_to_text = [], [], [], []
+    sentence_index: dict[str, int] = {}
+    for start in range(0, len(dataset), batch_size):
+        rows = dataset.select(range(start, min(start + batch_size, len(dataset))))
+        examples = list(rows)
+        inputs = processor(**visual_inputs(processor, examples, model.config)).to(device)
+        visual.append(model.get_visual_features(**inputs).float().cpu())
+        for offset, example in enumerate(examples):
+            if "captions" in example:
+                texts.extend(example["captions"])
+                text_to_visual.extend([start + offset] * len(example["captions"]))
+            else:
+                visual_to_text.append(sentence_index.setdefault(example["sentence"], len(sentence_index)))
+    if sentence_index:
+        texts = list(sentence_index)
+    text_features = []
+    for start in range(0, len(texts), batch_size):
+        inputs = processor(text=texts[start : start + batch_size]).to(device)
+        text_features.append(model.get_text_features(**inputs).float().cpu())
+    return {
+        "visual": torch.cat(visual),
+        "text": torch.cat(text_features),
+        "text_to_visual": torch.tensor(text_to_visual) if text_to_visual else None,
+        "visual_to_text": torch.tensor(visual_to_text) if visual_to_text else None,
+        "texts": texts,
+    }
+
+
+def main() -> None:
+    model_args, data_args, train_args = parse_arguments(ModelArguments, DataArguments, TrainingArguments)
+    if train_args.output_dir == TrainingArguments.output_dir:
+        train_args.output_dir = f"outputs/vlp-{model_args.modality}"
+    accelerator = make_accelerator(train_args, "vlp", arguments_as_dict(model_args, data_args, train_args))
+
+    tokenizer = load_tokenizer(model_args.text_model_name_or_path)
+    model = build_model(model_args, tokenizer)
+    sequence = model.config.sequence_config
+    processor = VLPProcessor(
+        image_processor=load_image_processor(model_args.vision_model_name_or_path, model_args.image_size),
+        tokenizer=tokenizer,
+        max_frames=sequence.max_frames if sequence else 128,
+        num_keypoints=sequence.num_keypoints if sequence else 21,
+        keypoint_dim=sequence.keypoint_dim if sequence else 2,
+        feature_dim=sequence.feature_dim if sequence else 32,
+    )
+    train_set, eval_set = load_splits(model_args, data_args, sequence)
+    logger.info(
+        "VLP %s: %d train / %d eval items, %.2fM trainable parameters",
+        model_args.modality,
+        len(train_set),
+        len(eval_set),
+        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+    )
+    dataloader = DataLoader(
+        train_set,
+        batch_size=train_args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,  # equal batches on every rank: the gathered contrastive loss needs them
+        collate_fn=make_train_collator(processor, model.config, train_args.seed),
+    )
+    optimizer, scheduler = create_optimizer_and_scheduler(model, train_args)
+    model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
+    unwrapped: VLPModel = accelerator.unwrap_model(model)
+
+    def encode(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        visual = {k: batch[k] for k in ("pixel_values", "keypoints", "frame_features", "frame_mask") if k in batch}
+        return unwrapped.get_visual_features(**visual), unwrapped.get_text_features(batch["input_ids"], batch["attention_mask"])
+
+    def train_step(micro_batches: list[dict]) -> dict[str, float]:
+        if len(micro_batches) == 1:
+            outputs = model(**micro_batches[0])
+            accelerator.backward(outputs.loss)
+            loss = outputs.loss.detach()
+        else:
+            loss = feature_cached_backward(
+                micro_batches,
+                encode,
+                lambda visual, text: unwrapped.contrastive_loss(visual, text)[0],
+                backward=accelerator.backward,
+                autocast=accelerator.autocast,
+            )
+            average_gradients_across_ranks(unwrapped.parameters())
+        return {"loss": loss.item(), "temperature": 1 / unwrapped.logit_scale.exp().item()}
+
+    history = train_loop(
+        accelerator, model, optimizer, scheduler, dataloader, train_args, train_step, unwrapped.clamp_logit_scale_
+    )
+
+    if accelerator.is_main_process:
+        output_dir = Path(train_args.output_dir)
+        encoded = encode_eval_set(unwrapped, processor, eval_set, train_args.eval_batch_size, accelerator.device)
+        report = retrieval_report(encoded, unwrapped.config.matryoshka_dims)
+        accelerator.log({f"eval/{k}": v for k, v in report["metrics"].items()}, step=train_args.max_train_steps)
+        print(report["table"])
+        plots = output_dir / "plots"
+        pairs = encoded["text_to_visual"] if encoded["text_to_visual"] is not None else None
+        normalize = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+        visual_embeds, text_embeds = normalize(encoded["visual"]), normalize(encoded["text"])
+        if pairs is None:  # sign clips: the clip's sentence is its text; plot one point per clip and per sentence
+            visual_embeds, text_embeds, pairs = text_embeds, visual_embeds, encoded["visual_to_text"]
+        plot_embedding_projection(visual_embeds, text_embeds, plots / "tsne.png", text_to_image=pairs)
+        plot_similarity_distributions(visual_embeds, text_embeds, pairs, plots / "similarities.png")
+        (output_dir / "eval_results.json").write_text(json.dumps({"metrics": report["metrics"], "train_history": history}, indent=2))
+        card = build_model_card(**vlp_card_fields(model_args, data_args, train_args, report, len(eval_set)))
+        final = save_for_hub(unwrapped, processor, output_dir / "final", model_card=card)
+        logger.info("Saved the model, processor, code and card to %s", final)
+        if train_args.push_to_hub_repo:
+            logger.info("Pushed: %s", push_to_hub(final, train_args.push_to_hub_repo))
+    accelerator.end_training()
+
+
+def vlp_card_fields(model_args, data_args, train_args, report: dict, num_eval: int) -> dict:
+    source = "embedded synthetic shapes" if model_args.modality == "images" else "embedded synthetic sign clips"
+    dataset_name = source if data_args.dataset == "synthetic" else data_args.dataset
+    return dict(
+        model_id=Path(train_args.output_dir).name,
+        title=f"VLP dual encoder ({model_args.modality})",
+        summary=(
+            f"A contrastive vision–language dual encoder ({model_args.pooling_type} pooling, {model_args.loss_type} loss, "
+            f"Matryoshka dims {model_args.matryoshka_dims}) trained for {train_args.max_train_steps} steps on {dataset_name}."
+        ),
+        body_markdown=f"## Held-out retrieval ({num_eval} items)\n\n{report['table']}\n",
+        results=report["headline"],
+        task_type="feature-extraction",
+        task_name="Cross-modal retrieval",
+        dataset_name=dataset_name,
+        dataset_type=dataset_name.replace(" ", "-"),
+        tags=["vision-language", "contrastive", "matryoshka", "retrieval", model_args.modality],
+    )
+
+
+if __name__ == "__main__":
+    main()
