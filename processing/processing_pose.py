@@ -87,6 +87,8 @@ def prepare_sequences(
                 )
             if clip.shape[0] == 0:
                 raise ValueError(f"Sequence {index} has no frames.")
+            if np.isinf(clip).any():
+                raise ValueError(f"Keypoints of sequence {index} contain inf; mark missing keypoints with NaN instead.")
             missing = np.isnan(clip).any(axis=-1)
             if missing.any() and missing_keypoints == "error":
                 raise ValueError(
@@ -107,6 +109,8 @@ def prepare_sequences(
                 raise ValueError(
                     f"Frame features of sequence {index} have shape {features.shape}; expected (frames, {feature_dim})."
                 )
+            if features.shape[0] == 0:
+                raise ValueError(f"Sequence {index} has no frames.")
             if not np.isfinite(features).all():
                 raise ValueError(f"Frame features of sequence {index} contain NaN or inf.")
             if present is not None and features.shape[0] != present.shape[0]:

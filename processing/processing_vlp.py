@@ -4,19 +4,44 @@ from collections.abc import Sequence
 
 import numpy as np
 from transformers import BatchFeature, ProcessorMixin
+from transformers.image_utils import is_valid_image
 
 from .processing_pose import prepare_sequences
 
 
 def validate_texts(text: str | Sequence[str], what: str = "caption") -> list[str]:
-    """A list of non-empty strings, or a ValueError naming the first bad entry."""
-    texts = [text] if isinstance(text, str) else list(text)
+    """A list of non-empty strings, or a TypeError/ValueError naming the first bad entry."""
+    if isinstance(text, str):
+        texts = [text]
+    elif isinstance(text, (list, tuple)):
+        texts = list(text)
+    else:
+        raise TypeError(f"text must be a {what} string or a list of them, got a {type(text).__name__}.")
+    if not texts:
+        raise ValueError(f"Got no {what}s; pass at least one.")
     for index, sample in enumerate(texts):
         if not isinstance(sample, str):
             raise TypeError(f"{what} {index} is a {type(sample).__name__}; pass strings.")
         if not sample.strip():
             raise ValueError(f"{what} {index} is empty; every {what} needs at least one word.")
     return texts
+
+
+def validate_images(images) -> list:
+    """A list of images (PIL, numpy or torch); a batched array counts as one image per leading entry."""
+    if is_valid_image(images):
+        is_batched_array = getattr(images, "ndim", 3) == 4
+        return list(images) if is_batched_array else [images]
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images must be an image or a list of images, got a {type(images).__name__}.")
+    if not images:
+        raise ValueError("Got no images; pass at least one.")
+    for index, image in enumerate(images):
+        if not is_valid_image(image):
+            raise TypeError(
+                f"Image {index} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors."
+            )
+    return list(images)
 
 
 class VLPProcessor(ProcessorMixin):
@@ -81,9 +106,9 @@ class VLPProcessor(ProcessorMixin):
                 )
             )
         if images is not None:
-            images = images if isinstance(images, (list, tuple)) else [images]
-            batch_sizes["images"] = len(images)
+            images = validate_images(images)
             data.update(self.image_processor(images, return_tensors=return_tensors))
+            batch_sizes["images"] = len(data["pixel_values"])
         if keypoints is not None or frame_features is not None:
             sequences = prepare_sequences(
                 keypoints,
@@ -107,4 +132,4 @@ class VLPProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "keypoints", "frame_features", "frame_mask"]
 
 
-__all__ = ["VLPProcessor", "validate_texts"]
+__all__ = ["VLPProcessor", "validate_images", "validate_texts"]
