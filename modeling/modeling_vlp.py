@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 from configuration.configuration_sequence import SequenceEncoderConfig
 from configuration.configuration_vlp import VLPConfig
 from .modeling_contrastive import clip_loss, siglip_loss
+from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import MatryoshkaProjection, matryoshka_prefixes
 from .modeling_pooling import build_pooling_head, init_pooling_weights
 from .modeling_sequence import SequenceEncoder
@@ -61,7 +62,7 @@ class VLPPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_bias, self.config.logit_bias_init_value)
 
 
-class VLPModel(VLPPreTrainedModel):
+class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
     def __init__(self, config: VLPConfig):
         super().__init__(config)
         pooling_hidden = config.pooling_hidden_size
@@ -80,12 +81,16 @@ class VLPModel(VLPPreTrainedModel):
         self.text_model = AutoModel.from_config(config.text_config)
         self.text_projection = MatryoshkaProjection(config.text_config.hidden_size, config.matryoshka_dims)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value), requires_grad=config.loss_type == "siglip")
+        self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value))
         self.post_init()
-        if config.freeze_vision_tower and self.vision_model is not None:
+        self._apply_freezing()
+
+    def _apply_freezing(self) -> None:
+        if self.config.freeze_vision_tower and self.vision_model is not None:
             self.vision_model.requires_grad_(False)
-        if config.freeze_text_tower:
+        if self.config.freeze_text_tower:
             self.text_model.requires_grad_(False)
+        self.logit_bias.requires_grad_(self.config.loss_type == "siglip")  # the CLIP loss has no bias
 
     @classmethod
     def from_backbones(

@@ -102,7 +102,12 @@ class VLPProcessor(ProcessorMixin):
             batch_sizes["text"] = len(texts)
             data.update(
                 self.tokenizer(
-                    texts, padding=True, truncation=True, max_length=self.max_text_length, return_tensors=return_tensors
+                    texts,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_text_length,
+                    return_token_type_ids=False,  # the dual encoder embeds one segment per caption
+                    return_tensors=return_tensors,
                 )
             )
         if images is not None:

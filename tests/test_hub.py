@@ -2,10 +2,8 @@
 
 import ast
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,14 +15,16 @@ from transformers.dynamic_module_utils import get_relative_imports
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures"))
 
-from hub import build_model_card, collect_source_files, push_to_hub, save_for_hub, verify_checkpoint  # noqa: E402
-from hub.bundle import flatten_source  # noqa: E402
-from hub.push import main as push_main  # noqa: E402
+from fresh_process import run_outside_project  # noqa: E402
 from toyproject.configuration.configuration_toy import ToyConfig  # noqa: E402
 from toyproject.modeling.modeling_toy import ToyModel  # noqa: E402
 from toyproject.modeling.modeling_toyabsolute import ToyAbsolute  # noqa: E402
 from toyproject.processing.processing_toy import ToyProcessor  # noqa: E402
 from toyproject.shadow.modeling_toy import ShadowToy  # noqa: E402
+
+from hub import build_model_card, collect_source_files, push_to_hub, save_for_hub, verify_checkpoint  # noqa: E402
+from hub.bundle import flatten_source  # noqa: E402
+from hub.push import main as push_main  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "sign", "language"]
 TEXT = ["hello sign language", "world"]
@@ -45,15 +45,10 @@ CHECKPOINT_FILES = CODE_FILES | {
     "README.md",
 }
 
-# Runs in a fresh interpreter, outside the repository: everything it needs must come from the checkpoint folder.
 LOAD_SCRIPT = """
-import importlib.util
-import sys
-
 import torch
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-assert importlib.util.find_spec("toyproject") is None, "toyproject is importable; the check would prove nothing"
 checkpoint, output_path, text, num_frames = sys.argv[1], sys.argv[2], sys.argv[3].split("|"), int(sys.argv[4])
 config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=True)
 model = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
@@ -171,16 +166,9 @@ def test_bundled_code_is_flat(checkpoint):
 
 
 def test_fresh_process_loads_the_checkpoint(checkpoint, toy_model, toy_processor, tmp_path):
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules")}
     output_path = tmp_path / "outputs.pt"
-    arguments = [str(checkpoint), str(output_path), "|".join(TEXT), str(NUM_FRAMES)]
-    completed = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, *arguments], cwd=workdir, env=env, capture_output=True, text=True
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    arguments = [checkpoint, output_path, "|".join(TEXT), NUM_FRAMES]
+    run_outside_project(LOAD_SCRIPT, arguments, tmp_path, packages=("toyproject",))
 
     loaded = torch.load(output_path)
     assert [name.rpartition(".")[2] for name in loaded["classes"]] == ["ToyConfig", "ToyModel", "ToyProcessor"]

@@ -3,18 +3,17 @@
 import copy
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import tiny_vlp_config
+from fresh_process import run_outside_project
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors import safe_open
 from torch import nn
 from transformers import BertModel, CLIPVisionModel, DistilBertConfig, DistilBertModel, T5Config, T5Model
 
-from conftest import tiny_vlp_config
 from hub import save_for_hub
 from modeling import VLPModel
 from processing import VLPProcessor
@@ -32,16 +31,7 @@ BERT_LINEARS = [
 ]
 CLIP_LINEARS = ["self_attn.k_proj", "self_attn.v_proj", "self_attn.q_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
 
-# Runs in a fresh interpreter, outside the repository: everything it needs must come from the checkpoint folder.
 LOAD_SCRIPT = """
-import importlib.util
-import sys
-
-# The project is pip-installed in editable mode; drop that import hook so only the checkpoint can supply the code.
-sys.meta_path = [finder for finder in sys.meta_path if not getattr(finder, "__module__", "").startswith("__editable__")]
-for package in ("configuration", "modeling", "processing"):
-    assert importlib.util.find_spec(package) is None, f"{package} is importable; the check would prove nothing"
-
 import torch
 from transformers import AutoModel
 
@@ -314,18 +304,7 @@ def test_merged_model_matches_and_reloads_through_the_hub_bundle(trained, tmp_pa
     checkpoint = save_for_hub(merged, processor, tmp_path / "merged")
     inputs_path, output_path = tmp_path / "inputs.pt", tmp_path / "outputs.pt"
     torch.save(batch, inputs_path)
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, str(checkpoint), str(inputs_path), str(output_path)],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    run_outside_project(LOAD_SCRIPT, [checkpoint, inputs_path, output_path], tmp_path)
     loaded = torch.load(output_path)
     assert loaded["class"].startswith("transformers_modules.") and loaded["class"].endswith("modeling_vlp.VLPModel")
     assert torch.allclose(loaded["visual_embeds"], outputs.visual_embeds, atol=1e-6)

@@ -210,11 +210,14 @@ def test_from_backbones_takes_the_vision_tower_of_a_full_clip_checkpoint(tmp_pat
     assert torch.equal(model.vision_model.state_dict()[patch_key], clip_patch)
 
 
-def test_frozen_towers_get_no_gradient():
-    model = VLPModel(tiny_vlp_config(freeze_vision_tower=True, freeze_text_tower=True))
-    assert not any(p.requires_grad for p in model.vision_model.parameters())
-    assert not any(p.requires_grad for p in model.text_model.parameters())
-    assert all(p.requires_grad for p in model.pooling.parameters())
+def test_frozen_towers_stay_frozen_through_save_and_load(tmp_path):
+    built = VLPModel(tiny_vlp_config(freeze_vision_tower=True, freeze_text_tower=True))
+    built.save_pretrained(tmp_path)
+    for model in (built, VLPModel.from_pretrained(tmp_path)):  # loading makes new parameters; the freeze must follow
+        assert not any(p.requires_grad for p in model.vision_model.parameters())
+        assert not any(p.requires_grad for p in model.text_model.parameters())
+        assert all(p.requires_grad for p in model.pooling.parameters())
+        assert model.logit_scale.requires_grad and not model.logit_bias.requires_grad  # CLIP loss: no bias
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -18,6 +18,8 @@ from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
 
 logger = logging.getLogger(__name__)
 
+# What `Accelerator.save_state` writes for one model, optimizer and scheduler.
+ACCELERATE_STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin")
 TRAINER_STATE_NAME = "trainer_state.json"
 
 
@@ -27,7 +29,7 @@ class TrainingArguments:
 
     output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs, plots and the final model go."})
     seed: int = field(default=0, metadata={"help": "Seed for model initialisation and data order."})
-    max_train_steps: int = field(default=600, metadata={"help": "Optimiser steps to train for."})
+    max_train_steps: int = field(default=800, metadata={"help": "Optimiser steps to train for."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Micro-batch size per process."})
     gradient_accumulation_steps: int = field(
         default=1,
@@ -127,10 +129,11 @@ def resolve_checkpoint(args: TrainingArguments) -> Path | None:
         path = candidates[-1]
     else:
         path = Path(args.resume_from_checkpoint)
-    if not (path / TRAINER_STATE_NAME).is_file():
+    missing = [name for name in (TRAINER_STATE_NAME, *ACCELERATE_STATE_FILES) if not (path / name).is_file()]
+    if missing:
         raise FileNotFoundError(
-            f"{path} is not a complete checkpoint (no {TRAINER_STATE_NAME}); pass a folder written by this trainer "
-            "under <output_dir>/checkpoints/."
+            f"{path} is not a complete checkpoint (missing {', '.join(missing)}); pass a folder written by this "
+            "trainer under <output_dir>/checkpoints/."
         )
     return path
 

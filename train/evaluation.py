@@ -43,7 +43,7 @@ def retrieval_report(encoded: dict, dims: list[int], ks: tuple[int, ...] = (1, 5
         for key, value in result.items():
             for old, new in rename.items():
                 key = key.replace(old, new)
-            metrics[f"dim{dim}/{key}"] = float(value)
+            metrics[f"dim{dim}/{key}"] = round(float(value), 4)
         rows.append(dim)
     header = ["dim"] + [f"{d} R@{k}" for d in ("v2t", "t2v") for k in ks] + ["v2t MedR", "t2v MedR", "v2t MeanR", "t2v MeanR", "PosSim", "NegSim"]
     keys = [f"{d}_R@{k}" for d in ("v2t", "t2v") for k in ks] + ["v2t_MedR", "t2v_MedR", "v2t_MeanR", "t2v_MeanR", "pos_sim", "neg_sim"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from torch.utils.data import DataLoader
 
 from configuration import SequenceEncoderConfig, VLPConfig
@@ -33,9 +34,13 @@ from train.common import (
 )
 from train.evaluation import retrieval_report
 from train.grad_cache import average_gradients_across_ranks, feature_cached_backward
+from train.lora import apply_lora, merge_lora
 from train.plots import plot_embedding_projection, plot_similarity_distributions
 
 logger = logging.getLogger(__name__)
+
+# Modules trained in full under LoRA: they are new, so there are no pretrained weights to adapt.
+VLP_HEADS = ("vision_token_projection", "sequence_token_projection", "pooling", "visual_projection", "text_projection")
 
 
 @dataclass
@@ -62,6 +67,11 @@ class ModelArguments:
     sequence_layers: int = field(default=2, metadata={"help": "signs: layers of the sequence tower."})
     dropout: float = field(default=0.1, metadata={"help": "signs: dropout of the sequence tower."})
     image_size: int = field(default=64, metadata={"help": "images: input resolution of the tiny default tower."})
+    lora_text_layers: int = field(
+        default=0, metadata={"help": "LoRA on the top N layers of the text tower (0: off). With LoRA every backbone weight is frozen."}
+    )
+    lora_vision_layers: int = field(default=0, metadata={"help": "LoRA on the top N layers of the image or sequence tower (0: off)."})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (alpha = 2r)."})
 
 
 @dataclass
@@ -152,6 +162,19 @@ def load_splits(model_args: ModelArguments, data_args: DataArguments, sequence_c
     raise ValueError(f"--dataset must be 'synthetic', 'coco' or 'keypoint_table', got {data_args.dataset!r}.")
 
 
+def add_lora(model: VLPModel, model_args: ModelArguments) -> PeftModel:
+    """LoRA on the top layers of the chosen towers; the pooling and projection heads stay fully trainable."""
+    visual_tower = "vision_model" if model.vision_model is not None else "sequence_encoder"
+    towers = {"text_model": model_args.lora_text_layers, visual_tower: model_args.lora_vision_layers}
+    return apply_lora(
+        model,
+        {tower: layers for tower, layers in towers.items() if layers},
+        r=model_args.lora_rank,
+        alpha=2 * model_args.lora_rank,
+        modules_to_save=[name for name in VLP_HEADS if getattr(model, name, None) is not None],
+    )
+
+
 def visual_inputs(processor: VLPProcessor, examples: list[dict], config: VLPConfig) -> dict:
     """Processor inputs for the visual side of a list of dataset rows."""
     if config.vision_config is not None:
@@ -219,6 +242,8 @@ def main() -> None:
 
     tokenizer = load_tokenizer(model_args.text_model_name_or_path)
     model = build_model(model_args, tokenizer)
+    if model_args.lora_text_layers or model_args.lora_vision_layers:
+        model = add_lora(model, model_args)
     sequence = model.config.sequence_config
     processor = VLPProcessor(
         image_processor=load_image_processor(model_args.vision_model_name_or_path, model_args.image_size),
@@ -287,11 +312,28 @@ def main() -> None:
         plot_similarity_distributions(visual_embeds, text_embeds, pairs, plots / "similarities.png")
         (output_dir / "eval_results.json").write_text(json.dumps({"metrics": report["metrics"], "train_history": history}, indent=2))
         card = build_model_card(**vlp_card_fields(model_args, data_args, train_args, report, len(eval_set)))
+        if isinstance(unwrapped, PeftModel):
+            unwrapped.save_pretrained(output_dir / "adapter")
+            unwrapped = merge_lora(unwrapped)
         final = save_for_hub(unwrapped, processor, output_dir / "final", model_card=card)
         logger.info("Saved the model, processor, code and card to %s", final)
         if train_args.push_to_hub_repo:
             logger.info("Pushed: %s", push_to_hub(final, train_args.push_to_hub_repo))
     accelerator.end_training()
+
+
+ENCODING_EXAMPLE = """## Encoding one side
+
+```python
+import torch
+
+with torch.no_grad():
+    image_embeds = model.get_visual_features(**processor(images=images))  # or keypoints=..., frame_features=...
+    text_embeds = model.get_text_features(**processor(text=["a red circle in the middle"]))
+# Matryoshka: the first 64 (or 32, 16) coordinates are an embedding of their own; normalise after slicing.
+scores = torch.nn.functional.normalize(image_embeds[:, :64], dim=-1) @ torch.nn.functional.normalize(text_embeds[:, :64], dim=-1).T
+```
+"""
 
 
 def vlp_card_fields(model_args, data_args, train_args, report: dict, num_eval: int) -> dict:
@@ -304,7 +346,13 @@ def vlp_card_fields(model_args, data_args, train_args, report: dict, num_eval: i
             f"A contrastive vision–language dual encoder ({model_args.pooling_type} pooling, {model_args.loss_type} loss, "
             f"Matryoshka dims {model_args.matryoshka_dims}) trained for {train_args.max_train_steps} steps on {dataset_name}."
         ),
-        body_markdown=f"## Held-out retrieval ({num_eval} items)\n\n{report['table']}\n",
+        body_markdown=(
+            f"## Held-out retrieval ({num_eval} items)\n\nR@K in %, ranks 1-based; Matryoshka rows use the first `dim` "
+            f"coordinates of the same embeddings.\n\n{report['table']}\n\n"
+            f"## Training\n\n{train_args.max_train_steps} steps, batch {train_args.per_device_train_batch_size} × "
+            f"{train_args.gradient_accumulation_steps} accumulated (feature-cached) per process, peak learning rate "
+            f"{train_args.learning_rate:g}, seed {train_args.seed}.\n\n{ENCODING_EXAMPLE}"
+        ),
         results=report["headline"],
         task_type="feature-extraction",
         task_name="Cross-modal retrieval",
