@@ -1,4 +1,5 @@
 from .configuration_sequence import SequenceEncoderConfig
+from .configuration_sign2text import Sign2TextConfig
 from .configuration_vlp import VLPConfig
 
-__all__ = ["SequenceEncoderConfig", "VLPConfig"]
+__all__ = ["SequenceEncoderConfig", "Sign2TextConfig", "VLPConfig"]
