@@ -1,5 +1,6 @@
+from .augmentation_pose import PoseAugmentation
 from .processing_pose import prepare_sequences
 from .processing_sign2text import Sign2TextProcessor
 from .processing_vlp import VLPProcessor
 
-__all__ = ["Sign2TextProcessor", "VLPProcessor", "prepare_sequences"]
+__all__ = ["PoseAugmentation", "Sign2TextProcessor", "VLPProcessor", "prepare_sequences"]

@@ -9,6 +9,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models gain nothing from intra-op threads, and two threads on two busy cores slow every test down.
+torch.set_num_threads(1)
 
 from configuration import SequenceEncoderConfig, VLPConfig  # noqa: E402
 from train.backbones import load_tokenizer, tiny_text_config, tiny_vision_config  # noqa: E402

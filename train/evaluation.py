@@ -78,4 +78,75 @@ def _mean_true_visuals(encoded: dict) -> float:
     return 1.0
 
 
-__all__ = ["load_metric", "retrieval_report"]
+def generation_report(predictions: list[str], references: list[str], *, lowercase: bool = True) -> dict:
+    """Corpus WER, BLEU-4 and ROUGE-L of generated sentences (Sign2Text), from the modules in `metrics/`.
+
+    Settings (all recorded here so numbers are reproducible):
+    - WER (`metrics/wer`, jiwer): corpus value, (S + D + I) / reference words summed over all sentences, after
+      lower-casing (if `lowercase`) and removing punctuation on both sides. Reported in percent.
+    - BLEU-4 (`metrics/bleu`, sacrebleu `corpus_score`): tokenizer 13a, exp smoothing, case-insensitive if
+      `lowercase` (the project's DistilBERT tokenizer is uncased, so its outputs can never match a capital letter).
+      Report it with `bleu_signature`, e.g. `nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:2.6.0`.
+    - ROUGE-L (`metrics/rouge`, rouge_score): mean per-sentence F-measure (and precision/recall), no stemming,
+      `tokenizer="unicode"` (same as rouge_score's tokenizer on ASCII text, but keeps non-ASCII letters such as
+      German umlauts). Always case-insensitive. Reported in percent.
+
+    Distributed evaluation: BLEU and WER are corpus statistics, so they must NOT be computed per process and
+    averaged. Each process generates for its own shard; gather the decoded strings to every/the main process and
+    call this function ONCE on the full corpus, e.g.::
+
+        predictions = accelerate.utils.gather_object(local_predictions)  # list concatenated in rank order
+        references = accelerate.utils.gather_object(local_references)
+        if accelerator.is_main_process:
+            report = generation_report(predictions, references)
+
+    Gather predictions and references the same way so they stay aligned. A `DistributedSampler` pads the last
+    shard by repeating samples: either gather per batch with `accelerator.gather_for_metrics(strings,
+    use_gather_object=True)` (which drops the padding) or truncate to the dataset length, otherwise repeated
+    sentences are scored twice. Sentence order does not matter for any of the three metrics.
+
+    Returns `{"metrics": {"WER", "BLEU-4", "ROUGE-L", ...}, "bleu_signature": str, "table": markdown}`; all scores
+    are percentages (0-100; WER can exceed 100).
+    """
+    wer = load_metric("wer").compute(
+        predictions=predictions, references=references, lowercase=lowercase, remove_punctuation=True
+    )
+    bleu = load_metric("bleu").compute(predictions=predictions, references=references, lowercase=lowercase)
+    rouge = load_metric("rouge").compute(predictions=predictions, references=references, tokenizer="unicode")
+    metrics = {
+        "WER": 100.0 * wer["wer"],
+        "BLEU-4": bleu["bleu"],
+        "ROUGE-L": 100.0 * rouge["rougeL"],
+        **{f"BLEU_precision_{n}": precision for n, precision in enumerate(bleu["precisions"], start=1)},
+        "BLEU_BP": bleu["bp"],
+        "BLEU_sys_len": bleu["sys_len"],
+        "BLEU_ref_len": bleu["ref_len"],
+        "ROUGE-L_precision": 100.0 * rouge["rougeL_precision"],
+        "ROUGE-L_recall": 100.0 * rouge["rougeL_recall"],
+        "WER_substitutions": wer["substitutions"],
+        "WER_deletions": wer["deletions"],
+        "WER_insertions": wer["insertions"],
+        "WER_hits": wer["hits"],
+        "WER_reference_words": wer["num_reference_words"],
+        "num_sentences": wer["num_sentences"],
+    }
+    precisions = "/".join(f"{p:.1f}" for p in bleu["precisions"])
+    table = "\n".join(
+        [
+            "| BLEU-4 | ROUGE-L | WER | BLEU 1/2/3/4-gram precision | BP | hyp/ref len | S/D/I |",
+            "|---|---|---|---|---|---|---|",
+            (
+                f"| {metrics['BLEU-4']:.2f} | {metrics['ROUGE-L']:.2f} | {metrics['WER']:.2f} | {precisions} | "
+                f"{bleu['bp']:.3f} | {bleu['sys_len']}/{bleu['ref_len']} | "
+                f"{wer['substitutions']}/{wer['deletions']}/{wer['insertions']} |"
+            ),
+            (
+                f"\n{wer['num_sentences']} sentences, {wer['num_reference_words']} reference words. "
+                f"sacreBLEU signature: `{bleu['signature']}`."
+            ),
+        ]
+    )
+    return {"metrics": metrics, "bleu_signature": bleu["signature"], "table": table}
+
+
+__all__ = ["generation_report", "load_metric", "retrieval_report"]

@@ -17,9 +17,7 @@ from torch.utils.data import DataLoader
 
 from configuration import SequenceEncoderConfig, VLPConfig
 from data.coco_karpathy import load_coco_karpathy
-from data.keypoint_table import load_keypoint_table
 from data.synthetic_shapes import make_shapes_splits
-from data.synthetic_signs import make_signs_splits
 from hub import build_model_card, push_to_hub, save_for_hub
 from modeling import VLPModel
 from processing import VLPProcessor
@@ -32,10 +30,12 @@ from train.common import (
     parse_arguments,
     train_loop,
 )
+from train.diagnostics import CollapseMonitor
 from train.evaluation import retrieval_report
 from train.grad_cache import average_gradients_across_ranks, feature_cached_backward
 from train.lora import apply_lora, merge_lora
 from train.plots import plot_embedding_projection, plot_similarity_distributions
+from train.sign_data import load_sign_splits, sequence_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -136,30 +136,17 @@ def build_model(model_args: ModelArguments, tokenizer) -> VLPModel:
 
 def load_splits(model_args: ModelArguments, data_args: DataArguments, sequence_config: SequenceEncoderConfig | None):
     """(train, eval) datasets in the project's image–caption or sequence–sentence schema."""
+    if model_args.modality == "signs":
+        return load_sign_splits(data_args, sequence_config)
     if data_args.dataset == "synthetic":
-        if model_args.modality == "images":
-            splits = make_shapes_splits(data_args.num_train, data_args.num_eval, seed=data_args.data_seed, image_size=model_args.image_size)
-        else:
-            splits = make_signs_splits(
-                data_args.num_train,
-                data_args.num_eval,
-                seed=data_args.data_seed,
-                num_keypoints=sequence_config.num_keypoints,
-                keypoint_dim=sequence_config.keypoint_dim,
-                feature_dim=sequence_config.feature_dim,
-            )
+        splits = make_shapes_splits(data_args.num_train, data_args.num_eval, seed=data_args.data_seed, image_size=model_args.image_size)
         return splits["train"], splits["validation"]
     if data_args.dataset == "coco":
         if not (data_args.coco_annotation_file and data_args.coco_image_root):
             raise ValueError("--dataset coco needs --coco_annotation_file and --coco_image_root.")
         load = lambda split: load_coco_karpathy(data_args.coco_annotation_file, data_args.coco_image_root, split)  # noqa: E731
         return load("train"), load("test")
-    if data_args.dataset == "keypoint_table":
-        if not (data_args.train_table and data_args.eval_table and data_args.keypoint_dir):
-            raise ValueError("--dataset keypoint_table needs --train_table, --eval_table and --keypoint_dir.")
-        load = lambda table: load_keypoint_table(table, data_args.keypoint_dir, data_args.feature_dir)  # noqa: E731
-        return load(data_args.train_table), load(data_args.eval_table)
-    raise ValueError(f"--dataset must be 'synthetic', 'coco' or 'keypoint_table', got {data_args.dataset!r}.")
+    raise ValueError(f"--dataset must be 'synthetic' or 'coco' for images, got {data_args.dataset!r}.")
 
 
 def add_lora(model: VLPModel, model_args: ModelArguments) -> PeftModel:
@@ -179,11 +166,7 @@ def visual_inputs(processor: VLPProcessor, examples: list[dict], config: VLPConf
     """Processor inputs for the visual side of a list of dataset rows."""
     if config.vision_config is not None:
         return {"images": [example["image"] for example in examples]}
-    sequence = config.sequence_config
-    return {
-        "keypoints": [example["keypoints"] for example in examples] if sequence.use_keypoints else None,
-        "frame_features": [example["features"] for example in examples] if sequence.use_visual_features else None,
-    }
+    return sequence_inputs(examples, config.sequence_config)
 
 
 def make_train_collator(processor: VLPProcessor, config: VLPConfig, seed: int):
@@ -300,6 +283,12 @@ def main() -> None:
         output_dir = Path(train_args.output_dir)
         encoded = encode_eval_set(unwrapped, processor, eval_set, train_args.eval_batch_size, accelerator.device)
         report = retrieval_report(encoded, unwrapped.config.matryoshka_dims)
+        if encoded["text_to_visual"] is not None:
+            CollapseMonitor(logger=logger).check_embeddings(encoded["visual"], encoded["text"], encoded["text_to_visual"])
+        else:
+            CollapseMonitor(logger=logger).check_embeddings(
+                encoded["visual"], encoded["text"], encoded["visual_to_text"], positives_from="visual"
+            )
         accelerator.log({f"eval/{k}": v for k, v in report["metrics"].items()}, step=train_args.max_train_steps)
         print(report["table"])
         plots = output_dir / "plots"

@@ -1,0 +1,44 @@
+"""Sign-language data for every trainer that reads clips: the embedded synthetic set or a keypoint table."""
+
+from configuration import SequenceEncoderConfig
+from data.keypoint_table import load_keypoint_table
+from data.synthetic_signs import make_signs_splits
+
+
+def load_sign_splits(data_args, sequence_config: SequenceEncoderConfig):
+    """(train, held-out) datasets of clips with `keypoints`, `features`, `sentence`, `sentence_id`, `signer_id`.
+
+    `data_args` carries `dataset` ('synthetic' or 'keypoint_table'), `num_train`, `num_eval`, `data_seed`, and for a
+    table `train_table`, `eval_table`, `keypoint_dir`, `feature_dir`.
+    """
+    if data_args.dataset == "synthetic":
+        splits = make_signs_splits(
+            data_args.num_train,
+            data_args.num_eval,
+            seed=data_args.data_seed,
+            num_keypoints=sequence_config.num_keypoints,
+            keypoint_dim=sequence_config.keypoint_dim,
+            feature_dim=sequence_config.feature_dim,
+        )
+        return splits["train"], splits["validation"]
+    if data_args.dataset == "keypoint_table":
+        if not (data_args.train_table and data_args.eval_table and data_args.keypoint_dir):
+            raise ValueError("--dataset keypoint_table needs --train_table, --eval_table and --keypoint_dir.")
+        return tuple(
+            load_keypoint_table(table, data_args.keypoint_dir, data_args.feature_dir)
+            for table in (data_args.train_table, data_args.eval_table)
+        )
+    raise ValueError(f"--dataset must be 'synthetic' or 'keypoint_table' for sign clips, got {data_args.dataset!r}.")
+
+
+def sequence_inputs(examples: list[dict], sequence_config: SequenceEncoderConfig) -> dict:
+    """Processor inputs for the clip streams the model reads."""
+    return {
+        "keypoints": [example["keypoints"] for example in examples] if sequence_config.use_keypoints else None,
+        "frame_features": (
+            [example["features"] for example in examples] if sequence_config.use_visual_features else None
+        ),
+    }
+
+
+__all__ = ["load_sign_splits", "sequence_inputs"]
