@@ -21,7 +21,7 @@ from processing import VLPProcessor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL_RUN = [
     "--num_train", "96", "--num_eval", "40", "--image_size", "32", "--per_device_train_batch_size", "16",
-    "--checkpointing_steps", "4", "--logging_steps", "2", "--report_to", "none", "--eval_batch_size", "32",
+    "--checkpointing_steps", "4", "--logging_steps", "2", "--report_to", "none", "--eval_batch_size", "32", "--cpu_threads", "1",
 ]  # fmt: skip
 CAPTIONS = ["a large red circle in the middle", "two shapes: a small blue star and a green square"]
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -11,7 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate import (
+    Accelerator,
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+)
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
@@ -52,6 +57,10 @@ class TrainingArguments:
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one under output_dir."}
     )
     report_to: str = field(default="auto", metadata={"help": "Tracker: 'auto' (TensorBoard if installed), 'none', or a name accelerate knows."})
+    cpu_threads: int = field(
+        default=0,
+        metadata={"help": "Intra-op threads per process on CPU; 0 shares the cores between processes (accelerate launch alone would pin 1)."},
+    )
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size for the final evaluation."})
     push_to_hub_repo: str | None = field(default=None, metadata={"help": "Also upload the final folder to this Hub repo id."})
 
@@ -90,6 +99,8 @@ def make_accelerator(args: TrainingArguments, project_name: str, hyperparameters
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(args.cpu_threads or max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     set_seed(args.seed)
     if tracker is not None:
         flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hyperparameters.items()}

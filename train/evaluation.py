@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import evaluate
-import torch
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 

@@ -61,7 +61,7 @@ class ModelArguments:
     decoder_layers: int = field(default=3, metadata={"help": "Decoder layers."})
     num_attention_heads: int = field(default=4, metadata={"help": "Heads in the encoder and decoder."})
     dropout: float = field(default=0.2, metadata={"help": "Dropout of the sequence tower."})
-    max_frames: int = field(default=96, metadata={"help": "Longest clip; longer ones are resampled."})
+    max_frames: int = field(default=128, metadata={"help": "Longest clip; longer ones are resampled (slowed-down augmented views run to ~120 frames)."})
     use_keypoints: bool = field(default=True, metadata={"help": "Feed pose keypoints."})
     use_visual_features: bool = field(default=True, metadata={"help": "Feed per-frame visual features."})
     projection_dim: int = field(default=128, metadata={"help": "Size of the contrastive embeddings."})

@@ -1,0 +1,80 @@
+"""`train/sign2text.py` end to end on a tiny model: report, checkpoint, phase-1 initialisation, decoder LoRA."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from transformers import AutoConfig
+
+from conftest import tiny_vlp_config
+from configuration import SequenceEncoderConfig
+from hub import verify_checkpoint
+from modeling import Sign2TextModel, VLPModel
+from train.backbones import offline_model_dir
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_RUN = [
+    "--hidden_size", "32", "--encoder_layers", "1", "--decoder_layers", "2", "--num_attention_heads", "2",
+    "--projection_dim", "16", "--max_frames", "48", "--num_train", "48", "--num_eval", "12",
+    "--per_device_train_batch_size", "8", "--eval_batch_size", "12", "--report_to", "none", "--logging_steps", "2",
+    "--cpu_threads", "1",
+]  # fmt: skip
+
+
+def train(output_dir: Path, *arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(REPO_ROOT / "train" / "sign2text.py"), "--output_dir", str(output_dir), *TINY_RUN]
+    completed = subprocess.run(
+        [*command, *arguments],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return completed
+
+
+def test_run_reports_generation_baseline_and_retrieval(tmp_path):
+    completed = train(tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2")
+    verify_checkpoint(tmp_path / "run" / "final")
+    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    metrics = results["metrics"]
+    for name in ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim"):
+        assert name in metrics
+    assert len(results["examples"]) == 12
+    assert {"generation_loss", "clip_loss", "supcon_loss"} <= results["train_history"][-1].keys()
+    assert "sacreBLEU signature: `nrefs:1|case:lc" in completed.stdout
+    card = ModelCard.load(tmp_path / "run" / "final" / "README.md")
+    reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    assert reported["WER"] == pytest.approx(metrics["WER"])
+    assert "Text-only baseline" in card.text
+
+
+def test_phase_one_vlp_checkpoint_initialises_the_encoder(tmp_path):
+    sequence = SequenceEncoderConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_frames=48)
+    vlp = VLPModel(tiny_vlp_config(vision_config=None, sequence_config=sequence, text_config=AutoConfig.from_pretrained(offline_model_dir())))
+    vlp.save_pretrained(tmp_path / "vlp")
+    # with a zero learning rate the trained model keeps exactly what it was initialised with
+    train(tmp_path / "run", "--max_train_steps", "1", "--learning_rate", "0", "--init_encoder_from", str(tmp_path / "vlp"))
+    model = Sign2TextModel.from_pretrained(tmp_path / "run" / "final")
+    for ours, theirs in ((model.encoder.sequence_encoder, vlp.sequence_encoder), (model.text_model, vlp.text_model)):
+        for (name, value), expected in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            torch.testing.assert_close(value, expected, msg=name)
+
+
+def test_decoder_lora_from_a_chosen_layer(tmp_path):
+    train(tmp_path / "run", "--max_train_steps", "2", "--lora_decoder_from_layer", "1")
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["target_modules"] and all(name.startswith("decoder.layers.1.") for name in adapter["target_modules"])
+    weights = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    assert weights and all(".layers.1." in name and "lora_" in name for name in weights)
+    verify_checkpoint(tmp_path / "run" / "final")
+    merged = Sign2TextModel.from_pretrained(tmp_path / "run" / "final")
+    assert not any("lora" in name for name in merged.state_dict())
