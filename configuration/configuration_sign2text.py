@@ -68,6 +68,9 @@ class Sign2TextConfig(PreTrainedConfig):
             Fixed (not learned) temperature of both contrastive losses; the design notes lowered it from 0.07 to
             sharpen an embedding space that had collapsed into a narrow cone. Not called `temperature`: generation
             configs copy that name from the model config and would sample at 0.05.
+        memory_size (`int`, defaults to 0):
+            Past clip embeddings (with their sentence ids) kept as extra SupCon candidates, MoCo-queue style, for
+            more negatives than a small batch holds. 0 turns the memory off.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialiser for the decoder, heads and sequence tower.
         is_encoder_decoder (`bool`, defaults to `True`):
@@ -101,6 +104,7 @@ class Sign2TextConfig(PreTrainedConfig):
     clip_weight: float = 1.0
     generation_weight: float = 2.0
     contrastive_temperature: float = 0.05
+    memory_size: int = 0
     initializer_range: float = 0.02
     is_encoder_decoder: bool = True
 
@@ -123,6 +127,8 @@ class Sign2TextConfig(PreTrainedConfig):
         weights = {name: getattr(self, name) for name in ("generation_weight", "clip_weight", "supcon_weight")}
         if any(weight < 0 for weight in weights.values()) or not any(weights.values()):
             raise ValueError(f"Loss weights must be non-negative and not all zero, got {weights}.")
+        if self.memory_size < 0:
+            raise ValueError(f"memory_size must be 0 (off) or positive, got {self.memory_size}.")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be positive, got {self.contrastive_temperature}.")
 

@@ -31,9 +31,15 @@ def _local_labels(local_batch: int, device: torch.device) -> torch.Tensor:
 
 
 def clip_loss(
-    visual_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor
+    visual_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE on L2-normalised embeddings; `logit_scale` is the log temperature.
+
+    `group_ids` marks rows that share one text (several clips of a sentence, two views of a clip): their columns are
+    all correct answers, with the target probability spread evenly over them, instead of false negatives.
 
     Returns `(loss, logits_per_visual, logits_per_text)` for the local rows against all gathered columns.
     """
@@ -41,9 +47,13 @@ def clip_loss(
     scale = logit_scale.exp()
     logits_per_visual = scale * visual_embeds @ all_text.T
     logits_per_text = scale * text_embeds @ all_visual.T
-    labels = _local_labels(visual_embeds.shape[0], visual_embeds.device)
+    if group_ids is None:
+        targets = _local_labels(visual_embeds.shape[0], visual_embeds.device)
+    else:
+        same_group = (group_ids[:, None] == gather_with_grad(group_ids)[None, :]).to(logits_per_visual.dtype)
+        targets = same_group / same_group.sum(dim=1, keepdim=True)
     loss = (
-        nn.functional.cross_entropy(logits_per_visual, labels) + nn.functional.cross_entropy(logits_per_text, labels)
+        nn.functional.cross_entropy(logits_per_visual, targets) + nn.functional.cross_entropy(logits_per_text, targets)
     ) / 2
     return loss, logits_per_visual, logits_per_text
 
@@ -67,13 +77,20 @@ def siglip_loss(
 
 
 def supervised_contrastive_loss(
-    embeds: torch.Tensor, group_ids: torch.Tensor, temperature: float = 0.05
+    embeds: torch.Tensor,
+    group_ids: torch.Tensor,
+    temperature: float = 0.05,
+    memory: "EmbeddingMemory | None" = None,
 ) -> torch.Tensor:
     """SupCon (Khosla et al. 2020): rows sharing a `group_id` are positives for each other.
 
-    `embeds` must be L2-normalised. Anchors without any positive are left out of the mean.
+    `embeds` must be L2-normalised. Anchors without any positive are left out of the mean. A `memory` of past
+    batches adds its rows as further candidates (positives or negatives by group), without gradient.
     """
     all_embeds, all_groups = gather_with_grad(embeds), gather_with_grad(group_ids)
+    if memory is not None and memory.num_filled:
+        all_embeds = torch.cat([all_embeds, memory.embeds[: memory.num_filled].to(embeds.dtype)])
+        all_groups = torch.cat([all_groups, memory.group_ids[: memory.num_filled]])
     rank, _ = _world()
     local_index = torch.arange(embeds.shape[0], device=embeds.device) + rank * embeds.shape[0]
     logits = embeds @ all_embeds.T / temperature
@@ -89,4 +106,34 @@ def supervised_contrastive_loss(
     return -mean_log_prob_pos.mean()
 
 
-__all__ = ["clip_loss", "gather_with_grad", "siglip_loss", "supervised_contrastive_loss"]
+class EmbeddingMemory(nn.Module):
+    """A first-in-first-out store of past embeddings and their group ids: more negatives (and positives) for SupCon
+    than a small batch holds, as MoCo's queue and cross-batch memory (XBM) provide.
+
+    There is no momentum encoder: stored rows come from recent steps of the model itself, which drift slowly once
+    training has settled. The buffers are not saved with the model; they are training state only.
+    """
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"EmbeddingMemory needs a size of at least 1, got {size}.")
+        self.register_buffer("embeds", torch.zeros(size, dim), persistent=False)
+        self.register_buffer("group_ids", torch.full((size,), -1, dtype=torch.long), persistent=False)
+        self.next_slot = 0
+        self.num_filled = 0
+
+    @torch.no_grad()
+    def push(self, embeds: torch.Tensor, group_ids: torch.Tensor) -> None:
+        """Store this step's rows from every rank, overwriting the oldest ones."""
+        embeds, group_ids = gather_with_grad(embeds.detach()), gather_with_grad(group_ids)
+        size = self.embeds.shape[0]
+        embeds, group_ids = embeds[-size:], group_ids[-size:]
+        slots = (self.next_slot + torch.arange(embeds.shape[0], device=self.embeds.device)) % size
+        self.embeds[slots] = embeds.to(self.embeds.dtype)
+        self.group_ids[slots] = group_ids
+        self.next_slot = (self.next_slot + embeds.shape[0]) % size
+        self.num_filled = min(self.num_filled + embeds.shape[0], size)
+
+
+__all__ = ["EmbeddingMemory", "clip_loss", "gather_with_grad", "siglip_loss", "supervised_contrastive_loss"]

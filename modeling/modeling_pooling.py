@@ -5,6 +5,14 @@ from torch import nn
 from transformers import initialization as init
 
 
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Average over dim 1 of the positions where `mask` is 1 (all positions without a mask)."""
+    if mask is None:
+        return hidden_states.mean(1)
+    mask = mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+
 class FeedForward(nn.Module):
     """Pre-norm two-layer GELU MLP."""
 
@@ -115,4 +123,5 @@ __all__ = [
     "PerceiverResampler",
     "build_pooling_head",
     "init_pooling_weights",
+    "masked_mean",
 ]

@@ -19,9 +19,10 @@ from transformers.utils import ModelOutput
 
 from configuration.configuration_sequence import SequenceEncoderConfig
 from configuration.configuration_sign2text import Sign2TextConfig
-from .modeling_contrastive import clip_loss, supervised_contrastive_loss
+from .modeling_contrastive import EmbeddingMemory, clip_loss, supervised_contrastive_loss
 from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import ProjectionHead
+from .modeling_pooling import masked_mean
 from .modeling_sequence import SequenceEncoder
 
 
@@ -57,14 +58,6 @@ class Sign2TextOutput(ModelOutput):
     visual_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
-
-
-def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Average over dim 1 of the positions where `mask` is 1 (all positions without a mask)."""
-    if mask is None:
-        return hidden_states.mean(1)
-    mask = mask.unsqueeze(-1).to(hidden_states.dtype)
-    return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -263,6 +256,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
         self.text_model = AutoModel.from_config(config.text_config)
         text_hidden_size = config.text_config.hidden_size
         self.text_projection = ProjectionHead(text_hidden_size, text_hidden_size, config.projection_dim)
+        self.memory = EmbeddingMemory(config.memory_size, config.projection_dim) if config.memory_size else None
         self.post_init()
         self._apply_freezing()
         # Room for the start token plus a full-length target, so generation never outruns the position table.
@@ -372,11 +366,15 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             )
         if text_embeds is not None:
             log_scale = visual_embeds.new_tensor(-math.log(self.config.contrastive_temperature))
-            losses["clip"] = clip_loss(visual_embeds, text_embeds, log_scale)[0]
+            # clips of one sentence (and two views of one clip) all match each copy of that sentence
+            losses["clip"] = clip_loss(visual_embeds, text_embeds, log_scale, group_ids=sentence_ids)[0]
         if sentence_ids is not None:
+            memory = self.memory if self.training else None
             losses["supcon"] = supervised_contrastive_loss(
-                visual_embeds, sentence_ids, self.config.contrastive_temperature
+                visual_embeds, sentence_ids, self.config.contrastive_temperature, memory=memory
             )
+            if memory is not None:
+                memory.push(visual_embeds, sentence_ids)
         weights = {
             "generation": self.config.generation_weight,
             "clip": self.config.clip_weight,

@@ -19,7 +19,7 @@ from configuration.configuration_vlp import VLPConfig
 from .modeling_contrastive import clip_loss, siglip_loss
 from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import MatryoshkaProjection, matryoshka_prefixes
-from .modeling_pooling import build_pooling_head, init_pooling_weights
+from .modeling_pooling import build_pooling_head, init_pooling_weights, masked_mean
 from .modeling_sequence import SequenceEncoder
 
 
@@ -154,12 +154,7 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Unnormalised text embeddings `(batch, projection_dim)`."""
         hidden_states = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.config.text_pooling == "cls":
-            pooled = hidden_states[:, 0]
-        else:
-            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-            mask = mask.unsqueeze(-1).to(hidden_states.dtype)
-            pooled = (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+        pooled = hidden_states[:, 0] if self.config.text_pooling == "cls" else masked_mean(hidden_states, attention_mask)
         return self.text_projection(pooled)
 
     def contrastive_loss(

@@ -164,6 +164,20 @@ def test_forward_returns_every_loss_as_their_weighted_sum(batch):
     assert out.generation_loss.item() == pytest.approx(math.log(model.config.vocab_size), rel=0.05)
 
 
+def test_embedding_memory_adds_past_clips_to_supcon_only_in_training(batch):
+    model = Sign2TextModel(tiny_config(memory_size=32)).train()
+    first = model(**batch)
+    assert model.memory.num_filled == len(batch["sentence_ids"])
+    second = model(**batch)  # the same clips again: now also in memory as extra positives and negatives
+    assert model.memory.num_filled == 2 * len(batch["sentence_ids"])
+    assert not torch.isclose(second.supcon_loss, first.supcon_loss)
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    assert model.memory.num_filled == 2 * len(batch["sentence_ids"])
+    assert "memory.embeds" not in model.state_dict()  # training state, not a weight
+
+
 @pytest.mark.parametrize(
     ("weight", "term", "untouched"),
     [("generation_weight", "generation_loss", "lm_head"), ("clip_weight", "clip_loss", "text_projection"),

@@ -8,7 +8,7 @@ from transformers import BertModel, CLIPModel, CLIPConfig, CLIPVisionModel
 from conftest import tiny_vlp_config
 from configuration import SequenceEncoderConfig, VLPConfig
 from modeling import VLPModel
-from modeling.modeling_contrastive import clip_loss, siglip_loss, supervised_contrastive_loss
+from modeling.modeling_contrastive import EmbeddingMemory, clip_loss, siglip_loss, supervised_contrastive_loss
 from modeling.modeling_pooling import PERCEIVER_LATENT_INIT_STD
 from train.backbones import tiny_text_config, tiny_vision_config
 from train.grad_cache import feature_cached_backward
@@ -133,6 +133,50 @@ def test_supervised_contrastive_loss_matches_reference():
         denominator = torch.logsumexp(torch.stack([x[i] @ x[a] / 0.5 for a in range(6) if a != i]), 0)
         terms.append(-torch.stack([x[i] @ x[p] / 0.5 - denominator for p in positives]).mean())
     assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_clip_loss_with_groups_spreads_the_target_over_every_copy_of_the_text():
+    v, t = nn.functional.normalize(torch.randn(5, 16), dim=-1), nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    groups = torch.tensor([0, 0, 1, 2, 2])
+    scale = torch.tensor(1.5)
+    loss, _, _ = clip_loss(v, t, scale, group_ids=groups)
+    logits = scale.exp() * v @ t.T
+    expected = 0
+    for i in range(5):
+        same = [j for j in range(5) if groups[j] == groups[i]]
+        expected += -sum(torch.log_softmax(logits[i], 0)[j] + torch.log_softmax(logits[:, i], 0)[j] for j in same) / len(same)
+    assert torch.allclose(loss, expected / 10, atol=1e-6)
+    # distinct groups are exactly the plain loss
+    assert torch.allclose(clip_loss(v, t, scale, group_ids=torch.arange(5))[0], clip_loss(v, t, scale)[0])
+
+
+def test_supervised_contrastive_loss_with_memory_equals_the_loss_over_batch_and_memory():
+    x = nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    past = nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    groups, past_groups = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 5, 1])
+    memory = EmbeddingMemory(size=3, dim=8)
+    memory.push(past, past_groups)
+    loss = supervised_contrastive_loss(x, groups, temperature=0.5, memory=memory)
+    candidates, candidate_groups = torch.cat([x, past]), torch.cat([groups, past_groups])
+    terms = []
+    for i in range(4):
+        others = [a for a in range(7) if a != i]
+        denominator = torch.logsumexp(torch.stack([x[i] @ candidates[a] / 0.5 for a in others]), 0)
+        positives = [p for p in others if candidate_groups[p] == groups[i]]
+        terms.append(-torch.stack([x[i] @ candidates[p] / 0.5 - denominator for p in positives]).mean())
+    assert torch.allclose(loss, torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_embedding_memory_is_first_in_first_out():
+    memory = EmbeddingMemory(size=4, dim=2)
+    memory.push(torch.ones(3, 2), torch.tensor([1, 2, 3]))
+    assert memory.num_filled == 3
+    memory.push(2 * torch.ones(2, 2), torch.tensor([4, 5]))  # wraps around: the oldest row (group 1) goes
+    assert memory.num_filled == 4 and sorted(memory.group_ids.tolist()) == [2, 3, 4, 5]
+    memory.push(3 * torch.ones(6, 2), torch.arange(10, 16))  # more rows than slots: only the newest 4 stay
+    assert sorted(memory.group_ids.tolist()) == [12, 13, 14, 15] and torch.all(memory.embeds == 3)
+    with pytest.raises(ValueError, match="size of at least 1"):
+        EmbeddingMemory(size=0, dim=2)
 
 
 @pytest.mark.parametrize("loss_type", ["clip", "siglip"])

@@ -69,6 +69,7 @@ class ModelArguments:
     clip_weight: float = field(default=1.0, metadata={"help": "Weight of the clip–sentence CLIP loss (0: off)."})
     supcon_weight: float = field(default=1.0, metadata={"help": "Weight of the clip–clip SupCon loss (0: off)."})
     contrastive_temperature: float = field(default=0.05, metadata={"help": "Temperature of both contrastive losses."})
+    memory_size: int = field(default=0, metadata={"help": "Past clip embeddings kept as extra SupCon candidates (MoCo-style queue; 0: off)."})
     lora_decoder_from_layer: int = field(
         default=-1, metadata={"help": "LoRA on the decoder layers from this index upward, everything else frozen (-1: off)."}
     )
@@ -131,6 +132,7 @@ def build_model(model_args: ModelArguments) -> Sign2TextModel:
         clip_weight=model_args.clip_weight,
         supcon_weight=model_args.supcon_weight,
         contrastive_temperature=model_args.contrastive_temperature,
+        memory_size=model_args.memory_size,
     )
     model = Sign2TextModel(config)
     model.text_model.load_state_dict(AutoModel.from_pretrained(text_path).state_dict())
