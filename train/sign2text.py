@@ -285,7 +285,6 @@ def main() -> None:
         }
         tables = (
             f"### Generation ({len(references)} held-out clips, signers unseen in training)\n\n{report['table']}\n\n"
-            f"BLEU signature: `{report['bleu_signature']}`\n\n"
             f"### Text-only baseline (same decoder, visual input zeroed)\n\n{baseline_report['table']}\n\n"
             f"### Clip ↔ sentence retrieval\n\n{retrieval['table']}\n\n"
             "### Examples\n\n| reference | generated |\n|---|---|\n"
