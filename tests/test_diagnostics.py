@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from train.diagnostics import CollapseMonitor, CollapseWarning, embedding_collapse_stats, generation_collapse_stats
+from train.diagnostics import (
+    CollapseCallback,
+    CollapseMonitor,
+    CollapseWarning,
+    embedding_check_arguments,
+    embedding_collapse_stats,
+    generation_collapse_stats,
+)
 
 
 def _collapsed_pairs(count=64, dim=32, seed=0):
@@ -142,3 +149,27 @@ def test_monitor_reports_through_a_logger(caplog):
 def test_invalid_thresholds_raise(settings):
     with pytest.raises(ValueError):
         CollapseMonitor(**settings)
+
+
+def test_callback_returns_the_numbers_to_log_and_warns_while_training(caplog):
+    visual, text = _collapsed_pairs()
+    callback = CollapseCallback(
+        CollapseMonitor(logger=logging.getLogger("collapse-test")),
+        embed=lambda: {"visual_embeds": visual, "text_embeds": text},
+        generate=lambda: (["the same sentence"] * 10, [f"sentence {i}" for i in range(10)]),
+    )
+    with caplog.at_level(logging.INFO):
+        logs = callback(step=30)
+    assert set(logs) == {"pos_sim", "neg_sim", "margin", "distinct_output_share", "distinct_2"}
+    assert logs["margin"] < 0.1 and logs["distinct_output_share"] == pytest.approx(0.1)
+    assert "Embedding collapse" in caplog.text and "Generation collapse" in caplog.text
+    assert "Collapse check at step 30" in caplog.text
+
+
+def test_check_arguments_follow_the_side_that_owns_several_items():
+    visual, text = torch.randn(2, 4), torch.randn(3, 4)
+    captions = embedding_check_arguments({"visual": visual, "text": text, "text_to_visual": torch.tensor([0, 0, 1]), "visual_to_text": None})
+    assert captions["positives_from"] == "text" and captions["positives"].tolist() == [0, 0, 1]
+    clips = embedding_check_arguments({"visual": text, "text": visual, "text_to_visual": None, "visual_to_text": torch.tensor([1, 0, 1])})
+    assert clips["positives_from"] == "visual" and clips["positives"].tolist() == [1, 0, 1]
+    CollapseMonitor().check_embeddings(**clips)  # the monitor accepts them as they are

@@ -41,7 +41,7 @@ def train(output_dir: Path, *arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_run_reports_generation_baseline_and_retrieval(tmp_path):
-    completed = train(tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2")
+    completed = train(tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2")
     verify_checkpoint(tmp_path / "run" / "final")
     assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
@@ -50,6 +50,10 @@ def test_run_reports_generation_baseline_and_retrieval(tmp_path):
         assert name in metrics
     assert len(results["examples"]) == 12
     assert {"generation_loss", "clip_loss", "supcon_loss"} <= results["train_history"][-1].keys()
+    checks = [entry for entry in results["train_history"] if "check/margin" in entry]
+    assert [entry["step"] for entry in checks] == [2]  # the final evaluation replaces the check at the last step
+    assert 0 < checks[0]["check/distinct_output_share"] <= 1
+    assert "Collapse check at step 2" in completed.stderr
     assert "sacreBLEU signature: `nrefs:1|case:lc" in completed.stdout
     card = ModelCard.load(tmp_path / "run" / "final" / "README.md")
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}

@@ -41,9 +41,9 @@ def train(output_dir: Path, *arguments: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """Eight optimiser steps of two cached micro-batches each, with a checkpoint at step 4."""
+    """Eight optimiser steps of two cached micro-batches each, with a checkpoint and a collapse check at step 4."""
     output_dir = tmp_path_factory.mktemp("vlp") / "run"
-    train(output_dir, "--max_train_steps", "8", "--gradient_accumulation_steps", "2")
+    train(output_dir, "--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--eval_steps", "4")
     return output_dir
 
 
@@ -57,7 +57,9 @@ def test_run_writes_model_card_plots_metrics_and_checkpoints(run):
     final = run / "final"
     verify_checkpoint(final)
     results = json.loads((run / "eval_results.json").read_text())
-    assert [entry["step"] for entry in results["train_history"]] == [2, 4, 6, 8]
+    assert [entry["step"] for entry in results["train_history"]] == [2, 4, 4, 6, 8]
+    check = results["train_history"][2]
+    assert check["check/pos_sim"] - check["check/neg_sim"] == pytest.approx(check["check/margin"])
     for direction, num_candidates in (("v2t", 40 * 5), ("t2v", 40)):  # 40 held-out images with 5 captions each
         for dim in (128, 64, 32, 16):
             assert 0.0 <= results["metrics"][f"dim{dim}/{direction}_R@1"] <= 100.0  # percent
@@ -76,7 +78,9 @@ def test_run_writes_model_card_plots_metrics_and_checkpoints(run):
 def test_resume_continues_from_the_latest_checkpoint(run, tmp_path):
     resumed = tmp_path / "run"
     shutil.copytree(run / "checkpoints", resumed / "checkpoints")
-    completed = train(resumed, "--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--resume_from_checkpoint", "latest")
+    completed = train(
+        resumed, "--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--eval_steps", "4", "--resume_from_checkpoint", "latest"
+    )
     assert "Resumed from" in completed.stderr and "at step 4" in completed.stderr
     history = json.loads((resumed / "eval_results.json").read_text())["train_history"]
     assert [entry["step"] for entry in history] == [6, 8]

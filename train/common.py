@@ -61,6 +61,9 @@ class TrainingArguments:
         default=0,
         metadata={"help": "Intra-op threads per process on CPU; 0 shares the cores between processes (accelerate launch alone would pin 1)."},
     )
+    eval_steps: int = field(
+        default=100, metadata={"help": "Run the collapse checks on a held-out sample every N steps; 0: only the final evaluation."}
+    )
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size for the final evaluation."})
     push_to_hub_repo: str | None = field(default=None, metadata={"help": "Also upload the final folder to this Hub repo id."})
 
@@ -187,12 +190,15 @@ def train_loop(
     args: TrainingArguments,
     train_step: Callable[[Sequence[dict]], dict[str, float]],
     after_optimizer_step: Callable[[], None] | None = None,
+    periodic_check: Callable[[int], dict[str, float]] | None = None,
 ) -> list[dict]:
     """Run `args.max_train_steps` optimiser steps; returns the logged history.
 
     `train_step` receives the step's `gradient_accumulation_steps` micro-batches, back-propagates, and returns the
-    values to log (at least `loss`). Everything else — clipping, optimiser and schedule, progress bar, trackers,
-    checkpoints, resuming — happens here.
+    values to log (at least `loss`). `periodic_check(step)` runs on the main process in eval mode every
+    `args.eval_steps` steps before the last (the final evaluation covers that one); its values are logged under
+    `check/`. Everything else — clipping, optimiser and schedule, progress bar, trackers, checkpoints, resuming —
+    happens here.
     """
     start_step = 0
     checkpoint = resolve_checkpoint(args)
@@ -228,6 +234,15 @@ def train_loop(
             history.append(record)
             accelerator.log({f"train/{name}": value for name, value in record.items() if name != "step"}, step=step)
             progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+        if periodic_check is not None and args.eval_steps and step % args.eval_steps == 0 and step < args.max_train_steps:
+            if accelerator.is_main_process:
+                model.eval()
+                with torch.no_grad():
+                    checks = periodic_check(step)
+                model.train()
+                history.append({**{f"check/{name}": value for name, value in checks.items()}, "step": step})
+                accelerator.log({f"check/{name}": value for name, value in checks.items()}, step=step)
+            accelerator.wait_for_everyone()
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < args.max_train_steps:
             save_checkpoint(accelerator, args, step)
     progress.close()

@@ -10,7 +10,7 @@ import importlib.util
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 
 import numpy as np
@@ -19,6 +19,19 @@ import torch
 from .evaluation import METRICS_DIR
 
 logger = logging.getLogger(__name__)
+
+
+def embedding_check_arguments(encoded: dict) -> dict:
+    """`CollapseMonitor.check_embeddings` arguments from the trainers' encoded eval sets (the dict `retrieval_report`
+    takes): either each text points to its visual item (several captions per image) or each visual item points to its
+    text (several clips per sentence)."""
+    by_text = encoded["text_to_visual"] is not None
+    return {
+        "visual_embeds": encoded["visual"],
+        "text_embeds": encoded["text"],
+        "positives": encoded["text_to_visual"] if by_text else encoded["visual_to_text"],
+        "positives_from": "text" if by_text else "visual",
+    }
 
 
 class CollapseWarning(UserWarning):
@@ -177,4 +190,42 @@ class CollapseMonitor:
         return stats
 
 
-__all__ = ["CollapseMonitor", "CollapseWarning", "embedding_collapse_stats", "generation_collapse_stats"]
+class CollapseCallback:
+    """The monitor as a `train_loop` callback: every `eval_steps` it checks a fixed held-out sample, so a collapse is
+    reported while it happens instead of after the whole run.
+
+    Args:
+        monitor: thresholds and where warnings go.
+        embed: returns the keyword arguments of `CollapseMonitor.check_embeddings` for the sample.
+        generate: for models that write text, returns `(predictions, references)` for the sample.
+
+    Calling it with the step returns the numbers to log: `pos_sim`, `neg_sim`, `margin`, and for generations
+    `distinct_output_share` and `distinct_2`.
+    """
+
+    def __init__(
+        self,
+        monitor: CollapseMonitor,
+        embed: Callable[[], dict],
+        generate: Callable[[], tuple[Sequence[str], Sequence[str]]] | None = None,
+    ):
+        self.monitor, self.embed, self.generate = monitor, embed, generate
+
+    def __call__(self, step: int) -> dict[str, float]:
+        stats = self.monitor.check_embeddings(**self.embed())
+        logs = {name: stats[name] for name in ("pos_sim", "neg_sim", "margin")}
+        if self.generate is not None:
+            generation = self.monitor.check_generations(*self.generate())
+            logs.update({name: generation[name] for name in ("distinct_output_share", "distinct_2")})
+        logger.info("Collapse check at step %d: %s", step, ", ".join(f"{k} {v:.3f}" for k, v in logs.items()))
+        return logs
+
+
+__all__ = [
+    "CollapseCallback",
+    "CollapseMonitor",
+    "CollapseWarning",
+    "embedding_check_arguments",
+    "embedding_collapse_stats",
+    "generation_collapse_stats",
+]

@@ -34,7 +34,7 @@ from train.common import (
     parse_arguments,
     train_loop,
 )
-from train.diagnostics import CollapseMonitor
+from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
 from train.evaluation import generation_report, retrieval_report
 from train.lora import apply_lora, merge_lora
 from train.sign_data import load_sign_splits, sequence_inputs
@@ -99,7 +99,8 @@ class Sign2TextTrainingArguments(TrainingArguments):
     max_train_steps: int = field(default=250, metadata={"help": "Optimiser steps to train for."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Clips per micro-batch per process."})
     checkpointing_steps: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps; 0 disables."})
-    eval_batch_size: int = field(default=64, metadata={"help": "Batch size for generation and retrieval at the end."})
+    eval_steps: int = field(default=50, metadata={"help": "Run the collapse checks on 64 held-out clips every N steps; 0: only at the end."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Batch size for generation and retrieval."})
 
 
 def build_model(model_args: ModelArguments) -> Sign2TextModel:
@@ -254,11 +255,25 @@ def main() -> None:
                     logs[name] = logs.get(name, 0.0) + value.item() / len(micro_batches)
         return logs
 
-    history = train_loop(accelerator, model, optimizer, scheduler, dataloader, train_args, train_step)
+    examples = list(eval_set)
+    check_sample = examples[:64]
+    monitor = CollapseMonitor(logger=logger)
+    collapse_callback = CollapseCallback(
+        monitor,
+        embed=lambda: embedding_check_arguments(
+            encode_for_retrieval(unwrapped, processor, check_sample, train_args.eval_batch_size, accelerator.device)
+        ),
+        generate=lambda: (
+            generate_for(unwrapped, processor, check_sample, train_args.eval_batch_size, 1, accelerator.device),
+            [example["sentence"] for example in check_sample],
+        ),
+    )
+    history = train_loop(
+        accelerator, model, optimizer, scheduler, dataloader, train_args, train_step, periodic_check=collapse_callback
+    )
 
     # Every process generates for its share of the held-out clips; the corpus metrics are computed once on all of them.
     unwrapped.eval()
-    examples = list(eval_set)
     with accelerator.split_between_processes(list(range(len(examples)))) as shard:
         mine = [examples[i] for i in shard]
         predictions = generate_for(unwrapped, processor, mine, train_args.eval_batch_size, data_args.num_beams, accelerator.device)
@@ -273,8 +288,7 @@ def main() -> None:
         baseline_report = generation_report(baseline, references)
         encoded = encode_for_retrieval(unwrapped, processor, examples, train_args.eval_batch_size, accelerator.device)
         retrieval = retrieval_report(encoded, [unwrapped.config.projection_dim])
-        monitor = CollapseMonitor(logger=logger)
-        monitor.check_embeddings(encoded["visual"], encoded["text"], encoded["visual_to_text"], positives_from="visual")
+        monitor.check_embeddings(**embedding_check_arguments(encoded))
         diversity = monitor.check_generations(predictions, references)
 
         metrics = {

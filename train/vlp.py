@@ -30,7 +30,7 @@ from train.common import (
     parse_arguments,
     train_loop,
 )
-from train.diagnostics import CollapseMonitor
+from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
 from train.evaluation import retrieval_report
 from train.grad_cache import average_gradients_across_ranks, feature_cached_backward
 from train.lora import apply_lora, merge_lora
@@ -275,24 +275,35 @@ def main() -> None:
             average_gradients_across_ranks(unwrapped.parameters())
         return {"loss": loss.item(), "temperature": 1 / unwrapped.logit_scale.exp().item()}
 
+    check_sample = eval_set.select(range(min(200, len(eval_set))))
+    monitor = CollapseMonitor(logger=logger)
+    collapse_callback = CollapseCallback(
+        monitor,
+        embed=lambda: embedding_check_arguments(
+            encode_eval_set(unwrapped, processor, check_sample, train_args.eval_batch_size, accelerator.device)
+        ),
+    )
     history = train_loop(
-        accelerator, model, optimizer, scheduler, dataloader, train_args, train_step, unwrapped.clamp_logit_scale_
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        dataloader,
+        train_args,
+        train_step,
+        after_optimizer_step=unwrapped.clamp_logit_scale_,
+        periodic_check=collapse_callback,
     )
 
     if accelerator.is_main_process:
         output_dir = Path(train_args.output_dir)
         encoded = encode_eval_set(unwrapped, processor, eval_set, train_args.eval_batch_size, accelerator.device)
         report = retrieval_report(encoded, unwrapped.config.matryoshka_dims)
-        if encoded["text_to_visual"] is not None:
-            CollapseMonitor(logger=logger).check_embeddings(encoded["visual"], encoded["text"], encoded["text_to_visual"])
-        else:
-            CollapseMonitor(logger=logger).check_embeddings(
-                encoded["visual"], encoded["text"], encoded["visual_to_text"], positives_from="visual"
-            )
+        monitor.check_embeddings(**embedding_check_arguments(encoded))
         accelerator.log({f"eval/{k}": v for k, v in report["metrics"].items()}, step=train_args.max_train_steps)
         print(report["table"])
         plots = output_dir / "plots"
-        pairs = encoded["text_to_visual"] if encoded["text_to_visual"] is not None else None
+        pairs = encoded["text_to_visual"]
         normalize = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
         visual_embeds, text_embeds = normalize(encoded["visual"]), normalize(encoded["text"])
         if pairs is None:  # sign clips: the clip's sentence is its text; plot one point per clip and per sentence
