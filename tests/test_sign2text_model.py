@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import GenerationMixin
+from transformers import AutoModel, GenerationMixin
 
 from configuration import SequenceEncoderConfig, Sign2TextConfig
 from data.synthetic_signs import make_signs_dataset
@@ -15,6 +15,7 @@ from hub import save_for_hub
 from modeling import Sign2TextModel
 from processing import Sign2TextProcessor
 from train.backbones import tiny_text_config
+from train.lora import apply_lora, load_lora, merge_lora
 
 MAX_FRAMES = 96
 MAX_TARGET_LENGTH = 12
@@ -365,6 +366,39 @@ def test_hub_checkpoint_generates_the_same_tokens_in_a_fresh_process(trained, pr
     expected = trained.generate(**visual_inputs(batch), num_beams=2)
     assert torch.equal(loaded["sequences"], expected) and loaded["text_encoder_frozen"]
     assert loaded["sentences"][:NUM_CLIPS] == clips["sentences"][:NUM_CLIPS]
+
+
+def test_decoder_lora_trains_saves_loads_and_merges_through_automodel(trained, batch, processor, tmp_path):
+    """LoRA on decoder layers 1 and up: only those adapters move, the adapter reloads onto the base, and the merged
+    model comes back through AutoModel with the same logits."""
+    base_dir = tmp_path / "base"
+    trained.save_pretrained(base_dir)
+    peft_model = apply_lora(Sign2TextModel.from_pretrained(base_dir), {}, first_layer={"decoder": 1}, r=4, alpha=8)
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(".decoder.layers.1." in name and "lora_" in name for name in trainable)
+    frozen_before = {name: p.detach().clone() for name, p in peft_model.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    inputs = {name: batch[name] for name in ("keypoints", "frame_mask", "labels")}
+    losses = []
+    for _ in range(10):
+        loss = peft_model(**inputs).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(p, frozen_before[name]) for name, p in peft_model.named_parameters() if not p.requires_grad)
+
+    peft_model.eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = load_lora(Sign2TextModel.from_pretrained(base_dir), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        expected = peft_model(**inputs).logits
+        torch.testing.assert_close(loaded(**inputs).logits, expected)
+        checkpoint = save_for_hub(merge_lora(peft_model), processor, tmp_path / "merged")
+        merged = AutoModel.from_pretrained(checkpoint, trust_remote_code=True).eval()
+        assert not any("lora" in name for name in merged.state_dict())
+        torch.testing.assert_close(merged(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------- processor
