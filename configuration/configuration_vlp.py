@@ -110,18 +110,23 @@ class VLPConfig(PreTrainedConfig):
             )
         if self.matryoshka_dims is None:
             self.matryoshka_dims = [d for d in (512, 256, 128, 64) if d <= self.projection_dim] or [self.projection_dim]
-        self.matryoshka_dims = sorted((int(d) for d in self.matryoshka_dims), reverse=True)
+        dims = [int(d) for d in self.matryoshka_dims]
+        if self.matryoshka_weights is None:
+            self.matryoshka_weights = [1.0] * len(dims)
+        if len(self.matryoshka_weights) != len(dims):
+            raise ValueError(
+                f"matryoshka_weights has {len(self.matryoshka_weights)} entries but matryoshka_dims has "
+                f"{len(dims)}; give one weight per dimension."
+            )
+        if len(set(dims)) != len(dims):
+            raise ValueError(f"matryoshka_dims {dims} repeats a dimension.")
+        # Largest first; each weight stays with its dimension.
+        pairs = sorted(zip(dims, (float(w) for w in self.matryoshka_weights)), reverse=True)
+        self.matryoshka_dims, self.matryoshka_weights = [d for d, _ in pairs], [w for _, w in pairs]
         if self.matryoshka_dims[0] != self.projection_dim or self.matryoshka_dims[-1] < 1:
             raise ValueError(
                 f"matryoshka_dims {self.matryoshka_dims} must lie in [1, projection_dim] and include "
                 f"projection_dim ({self.projection_dim})."
-            )
-        if self.matryoshka_weights is None:
-            self.matryoshka_weights = [1.0] * len(self.matryoshka_dims)
-        if len(self.matryoshka_weights) != len(self.matryoshka_dims):
-            raise ValueError(
-                f"matryoshka_weights has {len(self.matryoshka_weights)} entries but matryoshka_dims has "
-                f"{len(self.matryoshka_dims)}; give one weight per dimension."
             )
         if self.logit_scale_init_value is None:
             self.logit_scale_init_value = math.log(1 / 0.07) if self.loss_type == "clip" else math.log(10.0)

@@ -380,7 +380,8 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             "clip": self.config.clip_weight,
             "supcon": self.config.supcon_weight,
         }
-        # A zero weight drops the term rather than multiplying it, so a non-finite unused term cannot leak in.
+        # Every term is computed and returned (an ablation still logs what it no longer trains); a zero weight drops
+        # the term from the sum rather than multiplying it, so a non-finite unused term cannot leak in.
         terms = [weights[name] * value for name, value in losses.items() if weights[name]]
 
         return Sign2TextOutput(

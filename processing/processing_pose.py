@@ -139,3 +139,38 @@ def prepare_sequences(
 
 
 __all__ = ["prepare_sequences"]
+
+
+class SequenceSettingsMixin:
+    """The pose/feature preprocessing settings a processor carries (and saves), and the call that applies them."""
+
+    def _set_sequence_settings(
+        self,
+        max_frames: int,
+        num_keypoints: int,
+        keypoint_dim: int,
+        feature_dim: int,
+        long_sequence_strategy: str,
+        missing_keypoints: str,
+        normalize_keypoints: bool,
+    ) -> None:
+        self.max_frames = max_frames
+        self.num_keypoints = num_keypoints
+        self.keypoint_dim = keypoint_dim
+        self.feature_dim = feature_dim
+        self.long_sequence_strategy = long_sequence_strategy
+        self.missing_keypoints = missing_keypoints
+        self.normalize_keypoints = normalize_keypoints
+
+    def _prepare_sequences(self, keypoints, frame_features) -> dict[str, torch.Tensor]:
+        return prepare_sequences(
+            keypoints,
+            frame_features,
+            max_frames=self.max_frames,
+            num_keypoints=self.num_keypoints,
+            keypoint_dim=self.keypoint_dim,
+            feature_dim=self.feature_dim,
+            long_sequence_strategy=self.long_sequence_strategy,
+            missing_keypoints=self.missing_keypoints,
+            normalize_keypoints=self.normalize_keypoints,
+        )

@@ -6,11 +6,11 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import BatchFeature, ProcessorMixin
 
-from .processing_pose import prepare_sequences
+from .processing_pose import SequenceSettingsMixin
 from .processing_vlp import validate_texts
 
 
-class Sign2TextProcessor(ProcessorMixin):
+class Sign2TextProcessor(SequenceSettingsMixin, ProcessorMixin):
     r"""
     Pairs the DistilBERT (WordPiece) tokenizer with the pose/feature preprocessing of [`prepare_sequences`].
 
@@ -46,13 +46,9 @@ class Sign2TextProcessor(ProcessorMixin):
         if max_target_length < 2:
             raise ValueError(f"max_target_length must leave room for a word and [SEP], got {max_target_length}.")
         self.max_target_length = max_target_length
-        self.max_frames = max_frames
-        self.num_keypoints = num_keypoints
-        self.keypoint_dim = keypoint_dim
-        self.feature_dim = feature_dim
-        self.long_sequence_strategy = long_sequence_strategy
-        self.missing_keypoints = missing_keypoints
-        self.normalize_keypoints = normalize_keypoints
+        self._set_sequence_settings(
+            max_frames, num_keypoints, keypoint_dim, feature_dim, long_sequence_strategy, missing_keypoints, normalize_keypoints
+        )
         super().__init__(tokenizer, **kwargs)
 
     def __call__(
@@ -68,17 +64,7 @@ class Sign2TextProcessor(ProcessorMixin):
             raise ValueError("Pass keypoints, frame_features or text.")
         data, batch_sizes = {}, {}
         if keypoints is not None or frame_features is not None:
-            sequences = prepare_sequences(
-                keypoints,
-                frame_features,
-                max_frames=self.max_frames,
-                num_keypoints=self.num_keypoints,
-                keypoint_dim=self.keypoint_dim,
-                feature_dim=self.feature_dim,
-                long_sequence_strategy=self.long_sequence_strategy,
-                missing_keypoints=self.missing_keypoints,
-                normalize_keypoints=self.normalize_keypoints,
-            )
+            sequences = self._prepare_sequences(keypoints, frame_features)
             batch_sizes["sequences"] = sequences["frame_mask"].shape[0]
             data.update(sequences)
         if text is not None:

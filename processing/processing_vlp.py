@@ -6,7 +6,7 @@ import numpy as np
 from transformers import BatchFeature, ProcessorMixin
 from transformers.image_utils import is_valid_image
 
-from .processing_pose import prepare_sequences
+from .processing_pose import SequenceSettingsMixin
 
 
 def validate_texts(text: str | Sequence[str], what: str = "caption") -> list[str]:
@@ -44,7 +44,7 @@ def validate_images(images) -> list:
     return list(images)
 
 
-class VLPProcessor(ProcessorMixin):
+class VLPProcessor(SequenceSettingsMixin, ProcessorMixin):
     r"""
     Wraps an image processor (resizing, RGB conversion, normalisation), a tokenizer, and the pose/feature sequence
     preprocessing of [`prepare_sequences`].
@@ -76,13 +76,9 @@ class VLPProcessor(ProcessorMixin):
         **kwargs,
     ):
         self.max_text_length = max_text_length
-        self.max_frames = max_frames
-        self.num_keypoints = num_keypoints
-        self.keypoint_dim = keypoint_dim
-        self.feature_dim = feature_dim
-        self.long_sequence_strategy = long_sequence_strategy
-        self.missing_keypoints = missing_keypoints
-        self.normalize_keypoints = normalize_keypoints
+        self._set_sequence_settings(
+            max_frames, num_keypoints, keypoint_dim, feature_dim, long_sequence_strategy, missing_keypoints, normalize_keypoints
+        )
         super().__init__(image_processor, tokenizer, **kwargs)
 
     def __call__(
@@ -115,17 +111,7 @@ class VLPProcessor(ProcessorMixin):
             data.update(self.image_processor(images, return_tensors=return_tensors))
             batch_sizes["images"] = len(data["pixel_values"])
         if keypoints is not None or frame_features is not None:
-            sequences = prepare_sequences(
-                keypoints,
-                frame_features,
-                max_frames=self.max_frames,
-                num_keypoints=self.num_keypoints,
-                keypoint_dim=self.keypoint_dim,
-                feature_dim=self.feature_dim,
-                long_sequence_strategy=self.long_sequence_strategy,
-                missing_keypoints=self.missing_keypoints,
-                normalize_keypoints=self.normalize_keypoints,
-            )
+            sequences = self._prepare_sequences(keypoints, frame_features)
             batch_sizes["sequences"] = sequences["frame_mask"].shape[0]
             data.update(sequences)
         if len(set(batch_sizes.values())) > 1:

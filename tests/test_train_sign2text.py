@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -82,3 +83,34 @@ def test_decoder_lora_from_a_chosen_layer(tmp_path):
     verify_checkpoint(tmp_path / "run" / "final")
     merged = Sign2TextModel.from_pretrained(tmp_path / "run" / "final")
     assert not any("lora" in name for name in merged.state_dict())
+
+
+def write_keypoint_table(folder: Path, name: str, sentences: list[str], num_keypoints=5, keypoint_dim=3) -> Path:
+    """A table of real-data layout (here 5 keypoints in 3-D, no frame features) with one `.npy` per clip."""
+    rng = np.random.default_rng(len(name))
+    (folder / "keypoints").mkdir(parents=True, exist_ok=True)
+    rows = ["id\tsentence"]
+    for index, sentence in enumerate(sentences):
+        clip_id = f"{name}{index}"
+        np.save(folder / "keypoints" / f"{clip_id}.npy", rng.standard_normal((20 + index, num_keypoints, keypoint_dim)).astype(np.float32))
+        rows.append(f"{clip_id}\t{sentence}")
+    table = folder / f"{name}.tsv"
+    table.write_text("\n".join(rows) + "\n")
+    return table
+
+
+def test_keypoint_table_of_another_layout_trains_and_names_missing_features(tmp_path):
+    sentences = ["hello how are you", "thank you very much", "see you tomorrow", "good morning"] * 4
+    data = [
+        "--dataset", "keypoint_table", "--keypoint_dir", str(tmp_path / "data" / "keypoints"),
+        "--train_table", str(write_keypoint_table(tmp_path / "data", "train", sentences)),
+        "--eval_table", str(write_keypoint_table(tmp_path / "data", "eval", sentences[:4])),
+    ]  # fmt: skip
+    train(tmp_path / "run", *data, "--use_visual_features", "false", "--max_train_steps", "2", "--eval_batch_size", "4")
+    config = Sign2TextModel.from_pretrained(tmp_path / "run" / "final").config.sequence_config
+    assert (config.num_keypoints, config.keypoint_dim) == (5, 3)
+
+    command = [sys.executable, str(REPO_ROOT / "train" / "sign2text.py"), "--output_dir", str(tmp_path / "no"), *TINY_RUN, *data]
+    completed = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"}, cwd=REPO_ROOT)
+    assert completed.returncode != 0
+    assert "no per-frame visual features" in completed.stderr and "--use_visual_features false" in completed.stderr

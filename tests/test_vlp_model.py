@@ -33,8 +33,15 @@ def test_config_rejects_bad_values():
         tiny_vlp_config(matryoshka_weights=[1.0])
     with pytest.raises(ValueError, match="include projection_dim"):
         tiny_vlp_config(matryoshka_dims=[16, 8])
+    with pytest.raises(ValueError, match="repeats a dimension"):
+        tiny_vlp_config(matryoshka_dims=[32, 16, 16])
     with pytest.raises(ValueError, match="use_keypoints"):
         SequenceEncoderConfig(use_keypoints=False, use_visual_features=False)
+
+
+def test_matryoshka_weights_stay_with_their_dimensions():
+    config = tiny_vlp_config(projection_dim=32, matryoshka_dims=[8, 32, 16], matryoshka_weights=[0.25, 1.0, 0.5])
+    assert config.matryoshka_dims == [32, 16, 8] and config.matryoshka_weights == [1.0, 0.5, 0.25]
 
 
 def test_config_defaults_follow_clip_and_siglip():

@@ -18,8 +18,12 @@ from accelerate import (
     DistributedDataParallelKwargs,
 )
 from accelerate.utils import ProjectConfiguration, set_seed
+from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+
+from hub import push_to_hub, save_for_hub
+from train.lora import merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +54,9 @@ class TrainingArguments:
     mixed_precision: str = field(
         default="auto", metadata={"help": "'auto' (bf16 where the GPU supports it, else fp32), 'no', 'fp16' or 'bf16'."}
     )
-    logging_steps: int = field(default=20, metadata={"help": "Log the running loss every N steps."})
+    logging_steps: int = field(default=20, metadata={"help": "Log the losses, averaged over the last N steps, every N steps."})
     checkpointing_steps: int = field(default=200, metadata={"help": "Save a resumable checkpoint every N steps; 0 disables."})
-    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only the newest N checkpoints (at least 1)."})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one under output_dir."}
     )
@@ -66,6 +70,18 @@ class TrainingArguments:
     )
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size for the final evaluation."})
     push_to_hub_repo: str | None = field(default=None, metadata={"help": "Also upload the final folder to this Hub repo id."})
+
+    def __post_init__(self):
+        for name in (
+            "max_train_steps",
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "checkpoints_total_limit",
+            "eval_batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
 
 
 def parse_arguments(*dataclass_types) -> tuple:
@@ -114,8 +130,8 @@ def make_accelerator(args: TrainingArguments, project_name: str, hyperparameters
 def create_optimizer_and_scheduler(
     model: torch.nn.Module, args: TrainingArguments
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over trainable parameters, without weight decay on 1-D tensors (biases, norms, temperatures, latents
-    keep their scale), and linear warm-up followed by cosine decay."""
+    """AdamW over trainable parameters, without weight decay on tensors of fewer than 2 dimensions (biases, norms,
+    temperatures: open_clip's rule), and linear warm-up followed by cosine decay."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("The model has no trainable parameters; check the freeze options.")
@@ -226,10 +242,11 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         if after_optimizer_step is not None:
             after_optimizer_step()
-        running.append(logs["loss"])
+        running.append(logs)
         progress.update(1)
         if step % args.logging_steps == 0 or step == args.max_train_steps:
-            record = {**logs, "loss": sum(running) / len(running), "lr": scheduler.get_last_lr()[0], "step": step}
+            record = {name: sum(entry[name] for entry in running) / len(running) for name in running[-1]}
+            record |= {"lr": scheduler.get_last_lr()[0], "step": step}
             running = []
             history.append(record)
             accelerator.log({f"train/{name}": value for name, value in record.items() if name != "step"}, step=step)
@@ -249,6 +266,21 @@ def train_loop(
     return history
 
 
+def save_final_model(model: torch.nn.Module, processor, args: TrainingArguments, model_card: str) -> Path:
+    """`<output_dir>/final`: model, processor, bundled code and card, ready for the Hub; pushed with
+    `--push_to_hub_repo`. A LoRA model also saves its adapter to `<output_dir>/adapter` and is merged first, so the
+    final folder loads as a plain model through AutoModel."""
+    output_dir = Path(args.output_dir)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(output_dir / "adapter")
+        model = merge_lora(model)
+    final = save_for_hub(model, processor, output_dir / "final", model_card=model_card)
+    logger.info("Saved the model, processor, code and card to %s", final)
+    if args.push_to_hub_repo:
+        logger.info("Pushed: %s", push_to_hub(final, args.push_to_hub_repo))
+    return final
+
+
 def arguments_as_dict(*dataclasses_) -> dict:
     merged = {}
     for item in dataclasses_:
@@ -264,5 +296,6 @@ __all__ = [
     "parse_arguments",
     "resolve_checkpoint",
     "save_checkpoint",
+    "save_final_model",
     "train_loop",
 ]

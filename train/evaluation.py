@@ -25,7 +25,7 @@ def retrieval_report(encoded: dict, dims: list[int], ks: tuple[int, ...] = (1, 5
     Returns `{"metrics": {"dim{d}/v2t_R@1": ...}, "headline": metrics at the full dimension, "table": markdown}`.
     """
     metric = load_metric("retrieval")
-    metrics, rows = {}, []
+    metrics = {}
     many_texts_per_visual = encoded["text_to_visual"] is not None
     for dim in dims:
         visual, text = encoded["visual"][:, :dim].numpy(), encoded["text"][:, :dim].numpy()
@@ -40,14 +40,15 @@ def retrieval_report(encoded: dict, dims: list[int], ks: tuple[int, ...] = (1, 5
             )
             rename = {"t2i_": "v2t_", "i2t_": "t2v_"}
         for key, value in result.items():
+            if key in ("num_images", "num_texts"):  # sizes, stated under the table; not scores
+                continue
             for old, new in rename.items():
                 key = key.replace(old, new)
             metrics[f"dim{dim}/{key}"] = round(float(value), 4)
-        rows.append(dim)
     header = ["dim"] + [f"{d} R@{k}" for d in ("v2t", "t2v") for k in ks] + ["v2t MedR", "t2v MedR", "v2t MeanR", "t2v MeanR", "PosSim", "NegSim"]
     keys = [f"{d}_R@{k}" for d in ("v2t", "t2v") for k in ks] + ["v2t_MedR", "t2v_MedR", "v2t_MeanR", "t2v_MeanR", "pos_sim", "neg_sim"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for dim in rows:
+    for dim in dims:
         cells = [str(dim)] + [_format(metrics[f"dim{dim}/{key}"], key) for key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     num_visual, num_text = len(encoded["visual"]), len(encoded["text"])

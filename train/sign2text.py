@@ -9,6 +9,7 @@ text-only baseline (the decoder with its visual input zeroed: what it writes fro
 clip↔sentence retrieval (Ret@1/5/10, median rank, PosSim/NegSim) and collapse diagnostics.
 """
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import gather_object
-from peft import PeftModel
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel
 
 from configuration import SequenceEncoderConfig, Sign2TextConfig
-from hub import build_model_card, push_to_hub, save_for_hub
+from hub import build_model_card
 from modeling import Sign2TextModel, VLPModel
 from processing import PoseAugmentation, Sign2TextProcessor
 from train.backbones import load_tokenizer, offline_model_dir
@@ -32,12 +32,13 @@ from train.common import (
     create_optimizer_and_scheduler,
     make_accelerator,
     parse_arguments,
+    save_final_model,
     train_loop,
 )
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
 from train.evaluation import generation_report, retrieval_report
-from train.lora import apply_lora, merge_lora
-from train.sign_data import load_sign_splits, sequence_inputs
+from train.lora import apply_lora
+from train.sign_data import clip_shapes, load_sign_splits, sequence_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -98,13 +99,23 @@ class Sign2TextTrainingArguments(TrainingArguments):
     output_dir: str = field(default="outputs/sign2text", metadata={"help": "Where checkpoints, logs and the final model go."})
     max_train_steps: int = field(default=250, metadata={"help": "Optimiser steps to train for."})
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Clips per micro-batch per process."})
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Micro-batches per optimiser step, accumulated plainly: the contrastive terms of each micro-batch "
+            "see its own negatives only (use --memory_size for more)."
+        },
+    )
     checkpointing_steps: int = field(default=100, metadata={"help": "Save a resumable checkpoint every N steps; 0 disables."})
     eval_steps: int = field(default=50, metadata={"help": "Run the collapse checks on 64 held-out clips every N steps; 0: only at the end."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for generation and retrieval."})
 
 
-def build_model(model_args: ModelArguments) -> Sign2TextModel:
+def build_model(model_args: ModelArguments, tokenizer, train_set) -> Sign2TextModel:
+    """The model for `model_args`: input shapes from the training clips, the decoder's vocabulary and special tokens
+    from `tokenizer`."""
     text_path = model_args.text_model_name_or_path or str(offline_model_dir())
+    shapes = clip_shapes(train_set, model_args.use_visual_features)
     sequence_config = SequenceEncoderConfig(
         use_keypoints=model_args.use_keypoints,
         use_visual_features=model_args.use_visual_features,
@@ -114,6 +125,7 @@ def build_model(model_args: ModelArguments) -> Sign2TextModel:
         num_attention_heads=model_args.num_attention_heads,
         intermediate_size=4 * model_args.hidden_size,
         dropout=model_args.dropout,
+        **shapes,
     )
     vlp = None
     if model_args.init_encoder_from:
@@ -121,12 +133,26 @@ def build_model(model_args: ModelArguments) -> Sign2TextModel:
         if vlp.sequence_encoder is None:
             raise ValueError(f"{model_args.init_encoder_from} has no sequence tower; train it with --modality signs.")
         sequence_config = vlp.config.sequence_config  # the tower is reused whole, so its shape comes with it
+        mismatched = {name: (getattr(sequence_config, name), size) for name, size in shapes.items() if getattr(sequence_config, name) != size}
+        if mismatched:
+            raise ValueError(
+                f"{model_args.init_encoder_from} was trained on clips of other shapes than these (checkpoint, data): "
+                f"{mismatched}; pretrain it on the same keypoint layout."
+            )
+    special = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+    if None in special.values():
+        raise ValueError(f"The decoder needs a tokenizer with [PAD], [CLS] and [SEP] tokens (BERT family); got {special}.")
     config = Sign2TextConfig(
         sequence_config=sequence_config,
         text_config=AutoConfig.from_pretrained(text_path),
         decoder_layers=model_args.decoder_layers,
         decoder_attention_heads=sequence_config.num_attention_heads,
         decoder_ffn_dim=4 * sequence_config.hidden_size,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        decoder_start_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
         projection_dim=model_args.projection_dim,
         freeze_text_encoder=not model_args.train_text_encoder,
         generation_weight=model_args.generation_weight,
@@ -163,9 +189,10 @@ def make_train_collator(processor: Sign2TextProcessor, sequence_config: Sequence
             views = []
             for example in examples:
                 for _ in range(2):
+                    features = example.get("features")
                     keypoints, features = augmentation(
                         np.asarray(example["keypoints"], dtype=np.float32),
-                        np.asarray(example["features"], dtype=np.float32),
+                        None if features is None else np.asarray(features, dtype=np.float32),
                         rng=rng,
                     )
                     views.append({**example, "keypoints": keypoints, "features": features})
@@ -214,10 +241,12 @@ def main() -> None:
     model_args, data_args, train_args = parse_arguments(ModelArguments, DataArguments, Sign2TextTrainingArguments)
     accelerator = make_accelerator(train_args, "sign2text", arguments_as_dict(model_args, data_args, train_args))
 
-    model = build_model(model_args)
+    train_set, eval_set = load_sign_splits(data_args)
+    tokenizer = load_tokenizer(model_args.text_model_name_or_path)
+    model = build_model(model_args, tokenizer, train_set)
     sequence = model.config.sequence_config
     processor = Sign2TextProcessor(
-        tokenizer=load_tokenizer(model_args.text_model_name_or_path),
+        tokenizer=tokenizer,
         max_target_length=model.config.max_target_length,
         max_frames=sequence.max_frames,
         num_keypoints=sequence.num_keypoints,
@@ -225,7 +254,6 @@ def main() -> None:
         feature_dim=sequence.feature_dim,
         missing_keypoints="mask",  # augmentation marks dropped keypoints as missing
     )
-    train_set, eval_set = load_sign_splits(data_args, sequence)
     logger.info(
         "Sign2Text: %d train / %d eval clips, %.2fM trainable parameters",
         len(train_set),
@@ -244,11 +272,14 @@ def main() -> None:
     unwrapped = accelerator.unwrap_model(model)
 
     def train_step(micro_batches: list[dict]) -> dict[str, float]:
-        """Plain accumulation: each micro-batch's contrastive terms see only its own negatives."""
+        """Plain accumulation (each micro-batch's contrastive terms see only its own negatives); ranks synchronise
+        gradients once, on the last micro-batch."""
         logs: dict[str, float] = {}
-        for batch in micro_batches:
-            outputs = model(**batch)
-            accelerator.backward(outputs.loss / len(micro_batches))
+        for index, batch in enumerate(micro_batches):
+            is_last = index == len(micro_batches) - 1
+            with contextlib.nullcontext() if is_last else accelerator.no_sync(model):
+                outputs = model(**batch)
+                accelerator.backward(outputs.loss / len(micro_batches))
             for name in ("loss", "generation_loss", "clip_loss", "supcon_loss"):
                 value = getattr(outputs, name)
                 if value is not None:
@@ -327,13 +358,7 @@ def main() -> None:
             dataset_type=f"{data_args.dataset}-sign-clips",
             tags=["sign-language", "pose", "encoder-decoder", "contrastive"],
         )
-        if isinstance(unwrapped, PeftModel):
-            unwrapped.save_pretrained(output_dir / "adapter")
-            unwrapped = merge_lora(unwrapped)
-        final = save_for_hub(unwrapped, processor, output_dir / "final", model_card=card)
-        logger.info("Saved the model, processor, code and card to %s", final)
-        if train_args.push_to_hub_repo:
-            logger.info("Pushed: %s", push_to_hub(final, train_args.push_to_hub_repo))
+        save_final_model(unwrapped, processor, train_args, card)
     accelerator.end_training()
 
 

@@ -5,20 +5,22 @@ from data.keypoint_table import load_keypoint_table
 from data.synthetic_signs import make_signs_splits
 
 
-def load_sign_splits(data_args, sequence_config: SequenceEncoderConfig):
-    """(train, held-out) datasets of clips with `keypoints`, `features`, `sentence`, `sentence_id`, `signer_id`.
+def load_sign_splits(data_args):
+    """(train, held-out) datasets of clips with `keypoints`, `features` (when there are any), `sentence`,
+    `sentence_id`, `signer_id`; the synthetic clips have the shapes of `SequenceEncoderConfig`'s defaults.
 
     `data_args` carries `dataset` ('synthetic' or 'keypoint_table'), `num_train`, `num_eval`, `data_seed`, and for a
     table `train_table`, `eval_table`, `keypoint_dir`, `feature_dir`.
     """
     if data_args.dataset == "synthetic":
+        defaults = SequenceEncoderConfig()
         splits = make_signs_splits(
             data_args.num_train,
             data_args.num_eval,
             seed=data_args.data_seed,
-            num_keypoints=sequence_config.num_keypoints,
-            keypoint_dim=sequence_config.keypoint_dim,
-            feature_dim=sequence_config.feature_dim,
+            num_keypoints=defaults.num_keypoints,
+            keypoint_dim=defaults.keypoint_dim,
+            feature_dim=defaults.feature_dim,
         )
         return splits["train"], splits["validation"]
     if data_args.dataset == "keypoint_table":
@@ -31,6 +33,21 @@ def load_sign_splits(data_args, sequence_config: SequenceEncoderConfig):
     raise ValueError(f"--dataset must be 'synthetic' or 'keypoint_table' for sign clips, got {data_args.dataset!r}.")
 
 
+def clip_shapes(dataset, use_visual_features: bool) -> dict[str, int]:
+    """`num_keypoints`, `keypoint_dim` and (when the clips carry per-frame features) `feature_dim` of a clip dataset,
+    read from its schema: the `SequenceEncoderConfig` fields that must match the data."""
+    _, num_keypoints, keypoint_dim = dataset.features["keypoints"].shape
+    shapes = {"num_keypoints": num_keypoints, "keypoint_dim": keypoint_dim}
+    if "features" in dataset.features:
+        shapes["feature_dim"] = dataset.features["features"].shape[1]
+    elif use_visual_features:
+        raise ValueError(
+            "The clips have no per-frame visual features: pass --feature_dir with the keypoint table, or train on "
+            "keypoints alone with --use_visual_features false."
+        )
+    return shapes
+
+
 def sequence_inputs(examples: list[dict], sequence_config: SequenceEncoderConfig) -> dict:
     """Processor inputs for the clip streams the model reads."""
     return {
@@ -41,4 +58,4 @@ def sequence_inputs(examples: list[dict], sequence_config: SequenceEncoderConfig
     }
 
 
-__all__ = ["load_sign_splits", "sequence_inputs"]
+__all__ = ["clip_shapes", "load_sign_splits", "sequence_inputs"]

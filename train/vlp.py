@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from configuration import SequenceEncoderConfig, VLPConfig
 from data.coco_karpathy import load_coco_karpathy
 from data.synthetic_shapes import make_shapes_splits
-from hub import build_model_card, push_to_hub, save_for_hub
+from hub import build_model_card
 from modeling import VLPModel
 from processing import VLPProcessor
 from train.backbones import load_image_processor, load_tokenizer, tiny_text_config, tiny_vision_config
@@ -28,14 +28,15 @@ from train.common import (
     create_optimizer_and_scheduler,
     make_accelerator,
     parse_arguments,
+    save_final_model,
     train_loop,
 )
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
 from train.evaluation import retrieval_report
 from train.grad_cache import average_gradients_across_ranks, feature_cached_backward
-from train.lora import apply_lora, merge_lora
+from train.lora import apply_lora
 from train.plots import plot_embedding_projection, plot_similarity_distributions
-from train.sign_data import load_sign_splits, sequence_inputs
+from train.sign_data import clip_shapes, load_sign_splits, sequence_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class DataArguments:
     feature_dir: str | None = field(default=None, metadata={"help": "keypoint_table: folder of <id>.npy frame features."})
 
 
-def build_model(model_args: ModelArguments, tokenizer) -> VLPModel:
+def build_model(model_args: ModelArguments, tokenizer, train_set) -> VLPModel:
+    """The dual encoder for `model_args`; a sequence tower takes its input shapes from the training clips."""
     sequence_config = None
     if model_args.modality == "signs":
         sequence_config = SequenceEncoderConfig(
@@ -101,6 +103,7 @@ def build_model(model_args: ModelArguments, tokenizer) -> VLPModel:
             num_hidden_layers=model_args.sequence_layers,
             intermediate_size=4 * model_args.sequence_hidden_size,
             dropout=model_args.dropout,
+            **clip_shapes(train_set, model_args.use_visual_features),
         )
     elif model_args.modality != "images":
         raise ValueError(f"--modality must be 'images' or 'signs', got {model_args.modality!r}.")
@@ -134,10 +137,10 @@ def build_model(model_args: ModelArguments, tokenizer) -> VLPModel:
     return VLPModel(config)
 
 
-def load_splits(model_args: ModelArguments, data_args: DataArguments, sequence_config: SequenceEncoderConfig | None):
+def load_splits(model_args: ModelArguments, data_args: DataArguments):
     """(train, eval) datasets in the project's image–caption or sequence–sentence schema."""
     if model_args.modality == "signs":
-        return load_sign_splits(data_args, sequence_config)
+        return load_sign_splits(data_args)
     if data_args.dataset == "synthetic":
         splits = make_shapes_splits(data_args.num_train, data_args.num_eval, seed=data_args.data_seed, image_size=model_args.image_size)
         return splits["train"], splits["validation"]
@@ -223,8 +226,9 @@ def main() -> None:
         train_args.output_dir = f"outputs/vlp-{model_args.modality}"
     accelerator = make_accelerator(train_args, "vlp", arguments_as_dict(model_args, data_args, train_args))
 
+    train_set, eval_set = load_splits(model_args, data_args)
     tokenizer = load_tokenizer(model_args.text_model_name_or_path)
-    model = build_model(model_args, tokenizer)
+    model = build_model(model_args, tokenizer, train_set)
     if model_args.lora_text_layers or model_args.lora_vision_layers:
         model = add_lora(model, model_args)
     sequence = model.config.sequence_config
@@ -236,7 +240,6 @@ def main() -> None:
         keypoint_dim=sequence.keypoint_dim if sequence else 2,
         feature_dim=sequence.feature_dim if sequence else 32,
     )
-    train_set, eval_set = load_splits(model_args, data_args, sequence)
     logger.info(
         "VLP %s: %d train / %d eval items, %.2fM trainable parameters",
         model_args.modality,
@@ -312,13 +315,7 @@ def main() -> None:
         plot_similarity_distributions(visual_embeds, text_embeds, pairs, plots / "similarities.png")
         (output_dir / "eval_results.json").write_text(json.dumps({"metrics": report["metrics"], "train_history": history}, indent=2))
         card = build_model_card(**vlp_card_fields(model_args, data_args, train_args, report, len(eval_set)))
-        if isinstance(unwrapped, PeftModel):
-            unwrapped.save_pretrained(output_dir / "adapter")
-            unwrapped = merge_lora(unwrapped)
-        final = save_for_hub(unwrapped, processor, output_dir / "final", model_card=card)
-        logger.info("Saved the model, processor, code and card to %s", final)
-        if train_args.push_to_hub_repo:
-            logger.info("Pushed: %s", push_to_hub(final, train_args.push_to_hub_repo))
+        save_final_model(unwrapped, processor, train_args, card)
     accelerator.end_training()
 
 

@@ -31,10 +31,10 @@ Tokenisation (`tokenizer`):
 - `"default"`: rouge_score's own tokenizer: lower-cases and replaces every character outside [a-z0-9] by a space.
   Standard for English; it BREAKS non-ASCII words ("über" -> "ber", "straße" -> "stra e"), so do not use it for
   German (PHOENIX-2014T) or other non-English text.
-- `"unicode"`: lower-cases, replaces every character that is neither a Unicode letter/digit/underscore nor
-  whitespace by a space, and splits on whitespace. Identical to `"default"` on plain ASCII text.
+- `"unicode"`: lower-cases, replaces every character that is neither a Unicode letter/digit nor whitespace by a
+  space, and splits on whitespace. Identical to `"default"` on plain ASCII text.
 
-`use_stemmer=True` applies rouge_score's Porter stemmer (English only; default `False`).
+`use_stemmer=True` applies rouge_score's Porter stemmer (English only, default tokenizer only; default `False`).
 With several references per prediction, each sentence takes the reference with the best F-measure
 (`RougeScorer.score_multi`).
 """
@@ -68,7 +68,7 @@ _CITATION = """
 }
 """
 
-_NON_WORD = re.compile(r"[^\w\s]+")
+_NON_WORD = re.compile(r"[^\w\s]|_")
 
 
 class UnicodeTokenizer:
@@ -125,6 +125,8 @@ def sentence_rouge_l(
         raise ValueError("No sentences to evaluate: `predictions` and `references` are empty.")
     if tokenizer not in ("default", "unicode"):
         raise ValueError(f'`tokenizer` must be "default" or "unicode", got {tokenizer!r}.')
+    if use_stemmer and tokenizer == "unicode":
+        raise ValueError('rouge_score stems only with its default tokenizer; pass use_stemmer=False or tokenizer="default".')
     scorer = rouge_scorer.RougeScorer(
         ["rougeL"], use_stemmer=use_stemmer, tokenizer=UnicodeTokenizer() if tokenizer == "unicode" else None
     )
