@@ -1,8 +1,10 @@
 """Contrastive losses shared by all models, distributed-aware in the style of open_clip's `loss.py`.
 
 Every rank scores its own rows against the embeddings of *all* ranks (gathered with gradient), with labels
-offset by `rank * local_batch`. The mean of the per-rank losses then equals the loss on the concatenated global
-batch, and after DDP's gradient averaging so does the gradient: every sample is a negative for every other.
+offset by `rank * local_batch`. For the CLIP and SigLIP losses the mean of the per-rank losses then equals the loss
+on the concatenated global batch, and after DDP's gradient averaging so does the gradient: every sample is a
+negative for every other. SupCon averages over each rank's anchors that have a positive, so its mean over ranks
+matches the global loss only when every rank has as many such anchors.
 """
 
 import torch
@@ -59,19 +61,28 @@ def clip_loss(
 
 
 def siglip_loss(
-    visual_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+    visual_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SigLIP's pairwise sigmoid loss: every (visual, text) pair is an independent binary decision.
 
-    Normalised by the local batch size as in the paper, so the mean over ranks is the global-batch loss.
+    With `group_ids`, every pair within a group is a positive (as in `clip_loss`). Normalised by the local batch size
+    as in the paper, so the mean over ranks is the global-batch loss.
     """
     all_text, all_visual = gather_with_grad(text_embeds), gather_with_grad(visual_embeds)
     scale = logit_scale.exp()
     logits_per_visual = scale * visual_embeds @ all_text.T + logit_bias
     logits_per_text = scale * text_embeds @ all_visual.T + logit_bias
-    labels = _local_labels(visual_embeds.shape[0], visual_embeds.device)
-    signs = -torch.ones_like(logits_per_visual)
-    signs[torch.arange(labels.shape[0], device=labels.device), labels] = 1.0
+    if group_ids is None:
+        labels = _local_labels(visual_embeds.shape[0], visual_embeds.device)
+        is_positive = torch.zeros_like(logits_per_visual, dtype=torch.bool)
+        is_positive[torch.arange(labels.shape[0], device=labels.device), labels] = True
+    else:
+        is_positive = group_ids[:, None] == gather_with_grad(group_ids)[None, :]
+    signs = is_positive.to(logits_per_visual.dtype) * 2 - 1
     loss = -nn.functional.logsigmoid(signs * logits_per_visual).sum() / visual_embeds.shape[0]
     return loss, logits_per_visual, logits_per_text
 

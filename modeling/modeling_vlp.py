@@ -158,9 +158,10 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         return self.text_projection(pooled)
 
     def contrastive_loss(
-        self, visual_features: torch.Tensor, text_features: torch.Tensor
+        self, visual_features: torch.Tensor, text_features: torch.Tensor, sentence_ids: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Matryoshka contrastive loss on unnormalised features.
+        """Matryoshka contrastive loss on unnormalised features; rows with the same `sentence_ids` entry share one
+        text, so they are positives of each other rather than negatives.
 
         Returns `(loss, per-dimension losses, logits_per_visual, logits_per_text)`, logits at the full dimension.
         Kept separate from `forward` so that feature-caching accumulation can call it on a cached batch.
@@ -175,10 +176,12 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         losses, full_logits = [], None
         for dim in dims:
             if self.config.loss_type == "clip":
-                loss, logits_per_visual, logits_per_text = clip_loss(visual[dim], text[dim], self.logit_scale)
+                loss, logits_per_visual, logits_per_text = clip_loss(
+                    visual[dim], text[dim], self.logit_scale, group_ids=sentence_ids
+                )
             else:
                 loss, logits_per_visual, logits_per_text = siglip_loss(
-                    visual[dim], text[dim], self.logit_scale, self.logit_bias
+                    visual[dim], text[dim], self.logit_scale, self.logit_bias, group_ids=sentence_ids
                 )
             losses.append(loss)
             full_logits = full_logits or (logits_per_visual, logits_per_text)
@@ -199,6 +202,7 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         keypoints: torch.Tensor | None = None,
         frame_features: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
+        sentence_ids: torch.Tensor | None = None,
         return_loss: bool = True,
         **kwargs,
     ) -> VLPOutput:
@@ -209,6 +213,8 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
             keypoints: `(batch, frames, num_keypoints, keypoint_dim)` pose sequences, for a sequence tower.
             frame_features: `(batch, frames, feature_dim)` per-frame visual features, for a sequence tower.
             frame_mask: `(batch, frames)`, 1 for real frames.
+            sentence_ids: `(batch,)` ids of the captions' texts; rows with equal ids (two clips of one sentence, two
+                images captioned alike) count as matches, not negatives. Ids must be the same on every rank.
             return_loss: compute the contrastive loss.
         """
         if input_ids is None:
@@ -216,7 +222,7 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         visual_features = self.get_visual_features(pixel_values, keypoints, frame_features, frame_mask)
         text_features = self.get_text_features(input_ids, attention_mask)
         loss, matryoshka_losses, logits_per_visual, logits_per_text = self.contrastive_loss(
-            visual_features, text_features
+            visual_features, text_features, sentence_ids
         )
         return VLPOutput(
             loss=loss if return_loss else None,

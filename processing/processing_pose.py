@@ -138,9 +138,6 @@ def prepare_sequences(
     return batch
 
 
-__all__ = ["prepare_sequences"]
-
-
 class SequenceSettingsMixin:
     """The pose/feature preprocessing settings a processor carries (and saves), and the call that applies them."""
 
@@ -174,3 +171,6 @@ class SequenceSettingsMixin:
             missing_keypoints=self.missing_keypoints,
             normalize_keypoints=self.normalize_keypoints,
         )
+
+
+__all__ = ["SequenceSettingsMixin", "prepare_sequences"]

@@ -128,6 +128,19 @@ def test_siglip_loss_matches_reference():
     assert torch.allclose(loss, expected / 5, atol=1e-5)
 
 
+def test_siglip_loss_with_groups_makes_every_pair_within_a_group_positive():
+    v, t = nn.functional.normalize(torch.randn(5, 16), dim=-1), nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    scale, bias, groups = torch.tensor(math.log(10)), torch.tensor(-10.0), torch.tensor([0, 0, 1, 2, 2])
+    loss, _, _ = siglip_loss(v, t, scale, bias, group_ids=groups)
+    expected = sum(
+        -torch.log(torch.sigmoid((1.0 if groups[i] == groups[j] else -1.0) * (10 * v[i] @ t[j] - 10)))
+        for i in range(5)
+        for j in range(5)
+    )
+    assert torch.allclose(loss, expected / 5, atol=1e-5)
+    assert torch.allclose(siglip_loss(v, t, scale, bias, group_ids=torch.arange(5))[0], siglip_loss(v, t, scale, bias)[0])
+
+
 def test_supervised_contrastive_loss_matches_reference():
     x = nn.functional.normalize(torch.randn(6, 8), dim=-1)
     groups = torch.tensor([0, 0, 1, 1, 1, 2])

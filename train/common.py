@@ -208,7 +208,7 @@ def train_loop(
     after_optimizer_step: Callable[[], None] | None = None,
     periodic_check: Callable[[int], dict[str, float]] | None = None,
 ) -> list[dict]:
-    """Run `args.max_train_steps` optimiser steps; returns the logged history.
+    """Run `args.max_train_steps` optimiser steps; returns the logged history and leaves the model in eval mode.
 
     `train_step` receives the step's `gradient_accumulation_steps` micro-batches, back-propagates, and returns the
     values to log (at least `loss`). `periodic_check(step)` runs on the main process in eval mode every
@@ -263,6 +263,7 @@ def train_loop(
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < args.max_train_steps:
             save_checkpoint(accelerator, args, step)
     progress.close()
+    model.eval()  # ready for the final evaluation
     return history
 
 

@@ -1,8 +1,10 @@
 """Evaluation shared by the training scripts: metrics come from the evaluate modules shipped in `metrics/`."""
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import evaluate
+import torch
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 
@@ -13,6 +15,38 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     if not path.is_dir():
         raise FileNotFoundError(f"No metric module {name!r} under {METRICS_DIR}.")
     return evaluate.load(str(path))
+
+
+def encode_in_batches(encode: Callable[[list], torch.Tensor], items, batch_size: int) -> torch.Tensor:
+    """`encode` on consecutive slices of `items` (a list, or a `datasets.Dataset` read a slice at a time),
+    concatenated on the CPU in float32."""
+    chunks = []
+    for start in range(0, len(items), batch_size):
+        stop = min(start + batch_size, len(items))
+        chunk = items.select(range(start, stop)) if hasattr(items, "select") else items[start:stop]
+        with torch.no_grad():
+            chunks.append(encode(list(chunk)).float().cpu())
+    return torch.cat(chunks)
+
+
+def encode_clips_and_sentences(
+    clips: Sequence[dict],
+    encode_clips: Callable[[list[dict]], torch.Tensor],
+    encode_sentences: Callable[[list[str]], torch.Tensor],
+    batch_size: int,
+) -> dict:
+    """The eval set as `retrieval_report` takes it when several clips share a sentence: every clip's embedding,
+    one embedding per distinct sentence (`texts`), and each clip's sentence (`visual_to_text`)."""
+    clip_sentences = [clip["sentence"] for clip in clips]
+    sentences = list(dict.fromkeys(clip_sentences))
+    index = {sentence: i for i, sentence in enumerate(sentences)}
+    return {
+        "visual": encode_in_batches(encode_clips, clips, batch_size),
+        "text": encode_in_batches(encode_sentences, sentences, batch_size),
+        "text_to_visual": None,
+        "visual_to_text": torch.tensor([index[sentence] for sentence in clip_sentences]),
+        "texts": sentences,
+    }
 
 
 def retrieval_report(encoded: dict, dims: list[int], ks: tuple[int, ...] = (1, 5, 10)) -> dict:

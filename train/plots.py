@@ -95,9 +95,11 @@ def plot_embedding_projection(
     text_to_image: Optional[Union[Sequence[int], ArrayLike]] = None,
     max_points: int = 500,
     seed: int = 0,
+    names: tuple[str, str] = ("images", "texts"),
 ) -> str:
     """
-    Joint 2-D t-SNE of image and text embeddings, with thin lines joining a few true pairs.
+    Joint 2-D t-SNE of image and text embeddings, with thin lines joining a few true pairs; `names` label the two
+    sets in the legend (e.g. `("sentences", "clips")` when each sentence has several clips).
 
     Well-aligned encoders put each text next to its image; a modality gap shows as two separate clouds. At most
     `max_points` images are drawn (sampled with `seed`), with at most `max_points` of their texts.
@@ -130,8 +132,8 @@ def plot_embedding_projection(
     for text_position in rng.choice(len(kept_texts), size=min(NUM_PAIR_LINES, len(kept_texts)), replace=False):
         (x0, y0), (x1, y1) = text_xy[text_position], image_xy[image_row[text_position]]
         axes.plot([x0, x1], [y0, y1], color="gray", linewidth=0.6, alpha=0.7, zorder=1)
-    axes.scatter(*image_xy.T, s=14, marker="o", color=IMAGE_COLOR, label=f"images ({len(kept_images)})", zorder=2)
-    axes.scatter(*text_xy.T, s=14, marker="^", color=TEXT_COLOR, label=f"texts ({len(kept_texts)})", zorder=2)
+    axes.scatter(*image_xy.T, s=14, marker="o", color=IMAGE_COLOR, label=f"{names[0]} ({len(kept_images)})", zorder=2)
+    axes.scatter(*text_xy.T, s=14, marker="^", color=TEXT_COLOR, label=f"{names[1]} ({len(kept_texts)})", zorder=2)
     axes.set_title("t-SNE of the joint embedding space (lines: true pairs)")
     axes.set_xticks([])
     axes.set_yticks([])

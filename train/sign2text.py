@@ -36,7 +36,7 @@ from train.common import (
     train_loop,
 )
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
-from train.evaluation import generation_report, retrieval_report
+from train.evaluation import encode_clips_and_sentences, generation_report, retrieval_report
 from train.lora import apply_lora
 from train.sign_data import clip_shapes, load_sign_splits, sequence_inputs
 
@@ -217,24 +217,17 @@ def generate_for(model: Sign2TextModel, processor, examples: list[dict], batch_s
     return predictions
 
 
-@torch.no_grad()
-def encode_for_retrieval(model: Sign2TextModel, processor, examples: list[dict], batch_size: int, device) -> dict:
+def encode_for_retrieval(model: Sign2TextModel, processor, clips, batch_size: int, device) -> dict:
     """Clip embeddings, embeddings of the distinct sentences, and each clip's sentence (several clips per sentence)."""
-    sentences = list(dict.fromkeys(example["sentence"] for example in examples))
-    index = {sentence: i for i, sentence in enumerate(sentences)}
-    visual, text = [], []
-    for start in range(0, len(examples), batch_size):
-        inputs = processor(**sequence_inputs(examples[start : start + batch_size], model.config.sequence_config)).to(device)
-        visual.append(model.get_visual_features(**inputs).float().cpu())
-    for start in range(0, len(sentences), batch_size):
-        inputs = processor(text=sentences[start : start + batch_size]).to(device)
-        text.append(model.get_text_features(inputs["text_input_ids"], inputs["text_attention_mask"]).float().cpu())
-    return {
-        "visual": torch.cat(visual),
-        "text": torch.cat(text),
-        "text_to_visual": None,
-        "visual_to_text": torch.tensor([index[example["sentence"]] for example in examples]),
-    }
+
+    def encode_clips(examples: list[dict]) -> torch.Tensor:
+        return model.get_visual_features(**processor(**sequence_inputs(examples, model.config.sequence_config)).to(device))
+
+    def encode_sentences(sentences: list[str]) -> torch.Tensor:
+        inputs = processor(text=sentences).to(device)
+        return model.get_text_features(inputs["text_input_ids"], inputs["text_attention_mask"])
+
+    return encode_clips_and_sentences(clips, encode_clips, encode_sentences, batch_size)
 
 
 def main() -> None:
@@ -304,7 +297,6 @@ def main() -> None:
     )
 
     # Every process generates for its share of the held-out clips; the corpus metrics are computed once on all of them.
-    unwrapped.eval()
     with accelerator.split_between_processes(list(range(len(examples)))) as shard:
         mine = [examples[i] for i in shard]
         predictions = generate_for(unwrapped, processor, mine, train_args.eval_batch_size, data_args.num_beams, accelerator.device)
