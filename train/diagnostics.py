@@ -6,17 +6,15 @@ input and emits the same few fluent sentences for every clip. These functions me
 turns the numbers into a warning that says what to try.
 """
 
-import importlib.util
 import logging
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
-from functools import cache
 
 import numpy as np
 import torch
 
-from .evaluation import METRICS_DIR
+from .evaluation import load_metric
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +36,18 @@ class CollapseWarning(UserWarning):
     """Embeddings or generations have collapsed; the message holds the numbers and what to try."""
 
 
-@cache
-def _retrieval_module():
-    """The shipped retrieval metric's code, which already computes PosSim/NegSim without an N x N buffer."""
-    spec = importlib.util.spec_from_file_location("metrics_retrieval", METRICS_DIR / "retrieval" / "retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _as_numpy(values) -> np.ndarray:
+    return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
 def _mean_pairwise_cosine(embeddings) -> float:
     """Mean cosine over distinct pairs, from the norm of the sum of unit vectors (no N x N matrix); NaN below 2."""
-    unit = _retrieval_module()._as_float64_matrix(embeddings, "embeddings")
+    matrix = _as_numpy(embeddings).astype(np.float64)
+    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
     count = unit.shape[0]
     if count < 2:
         return float("nan")
-    return ((unit.sum(0).square().sum() - count) / (count * (count - 1))).item()
+    return float((np.square(unit.sum(0)).sum() - count) / (count * (count - 1)))
 
 
 def embedding_collapse_stats(
@@ -90,7 +84,9 @@ def embedding_collapse_stats(
         positives = np.arange(len(text_embeds))
     # Cosine is symmetric, so the side with one entry per row plays the metric's "text" role.
     queries, candidates = (text_embeds, visual_embeds) if positives_from == "text" else (visual_embeds, text_embeds)
-    retrieval = _retrieval_module().retrieval_metrics(queries, positives, candidates, ks=(1,))
+    retrieval = load_metric("retrieval").compute(
+        text_embeddings=_as_numpy(queries), image_index=_as_numpy(positives), image_embeddings=_as_numpy(candidates), ks=[1]
+    )
     return {
         "pos_sim": retrieval["pos_sim"],
         "neg_sim": retrieval["neg_sim"],
