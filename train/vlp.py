@@ -1,6 +1,6 @@
 """Train the VLP dual encoder with accelerate, evaluate retrieval on held-out data, save a Hub-ready folder.
 
-    accelerate launch train/vlp.py                      # embedded shapes data, tiny backbones, ~7 min on 2 CPUs
+    accelerate launch train/vlp.py                      # embedded shapes data, tiny backbones, ~5 min on 2 CPUs
     accelerate launch train/vlp.py --modality signs     # embedded pose-keypoint + frame-feature clips
     accelerate launch train/vlp.py --help               # every argument
 """
