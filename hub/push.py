@@ -4,7 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 from .bundle import verify_checkpoint
 
@@ -19,7 +19,8 @@ def push_to_hub(
     revision: str | None = None,
 ) -> str:
     """
-    Verify `folder`, create `repo_id` if needed, and upload every file in a single commit; returns the commit URL.
+    Verify `folder`, create `repo_id` if needed, and make the repo hold exactly the folder's files in a single commit
+    (uploading them, deleting remote files the folder no longer has, `.gitattributes` aside); returns the commit URL.
 
     One commit means the repo never holds a mix of old weights and new code. `private` only applies when the repo is
     created; `revision` names a branch, created from `main` if it does not exist yet.
@@ -30,10 +31,11 @@ def push_to_hub(
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     if revision is not None:
         api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
-    operations = [
-        CommitOperationAdd(path_in_repo=path.relative_to(folder).as_posix(), path_or_fileobj=path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
+    local = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
+    remote = api.list_repo_files(repo_id, revision=revision, repo_type="model")
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in local.items()]
+    operations += [
+        CommitOperationDelete(path_in_repo=name) for name in sorted(remote) if name not in local and name != ".gitattributes"
     ]
     commit = api.create_commit(
         repo_id,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import CommitInfo, HfApi, ModelCard
+from huggingface_hub import CommitInfo, CommitOperationDelete, HfApi, ModelCard
 from transformers import BertTokenizerFast
 from transformers.dynamic_module_utils import get_relative_imports
 
@@ -261,8 +261,9 @@ def test_verify_checkpoint_requires_auto_map(checkpoint_copy):
 
 @pytest.fixture
 def fake_hub(monkeypatch) -> dict[str, list]:
-    """Records the calls that would reach the Hub; `create_commit` is huggingface_hub's single commit boundary."""
-    calls = {"create_repo": [], "create_branch": [], "create_commit": []}
+    """Records the calls that would reach the Hub; `create_commit` is huggingface_hub's single commit boundary.
+    `calls["remote_files"]` is what the repo holds before the push."""
+    calls = {"create_repo": [], "create_branch": [], "create_commit": [], "remote_files": []}
 
     def create_repo(self, repo_id, **kwargs):
         calls["create_repo"].append({"repo_id": repo_id, **kwargs})
@@ -270,18 +271,25 @@ def fake_hub(monkeypatch) -> dict[str, list]:
     def create_branch(self, repo_id, **kwargs):
         calls["create_branch"].append({"repo_id": repo_id, **kwargs})
 
+    def list_repo_files(self, repo_id, **kwargs):
+        return list(calls["remote_files"])
+
     def create_commit(self, repo_id, operations, **kwargs):
-        files = {}
+        files, deleted = {}, []
         for operation in operations:
+            if isinstance(operation, CommitOperationDelete):
+                deleted.append(operation.path_in_repo)
+                continue
             with operation.as_file() as file:
                 files[operation.path_in_repo] = file.read()
-        calls["create_commit"].append({"repo_id": repo_id, "files": files, **kwargs})
+        calls["create_commit"].append({"repo_id": repo_id, "files": files, "deleted": deleted, **kwargs})
         url = f"https://huggingface.co/{repo_id}/commit/{'0' * 40}"
         return CommitInfo(commit_url=url, commit_message=kwargs["commit_message"], commit_description="", oid="0" * 40)
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_branch", create_branch)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(HfApi, "list_repo_files", list_repo_files)
     return calls
 
 
@@ -293,6 +301,15 @@ def test_push_uploads_every_file_in_one_commit(checkpoint, fake_hub):
     [commit] = fake_hub["create_commit"]
     assert commit["files"] == {path.name: path.read_bytes() for path in checkpoint.iterdir()}
     assert commit["revision"] is None and commit["commit_message"] == "Upload toy-checkpoint"
+    assert commit["deleted"] == []
+
+
+def test_push_deletes_remote_files_the_folder_no_longer_has(checkpoint, fake_hub):
+    fake_hub["remote_files"] = [".gitattributes", "config.json", "model-00002-of-00002.safetensors", "old_code.py"]
+    push_to_hub(checkpoint, "me/toy")
+    [commit] = fake_hub["create_commit"]
+    assert commit["deleted"] == ["model-00002-of-00002.safetensors", "old_code.py"]
+    assert "config.json" in commit["files"]
 
 
 def test_push_cli_to_a_branch(checkpoint, fake_hub, capsys):
@@ -308,7 +325,7 @@ def test_push_refuses_an_incomplete_folder_before_touching_the_hub(checkpoint_co
     (checkpoint_copy / "README.md").unlink()
     with pytest.raises(FileNotFoundError, match="README.md"):
         push_to_hub(checkpoint_copy, "me/toy")
-    assert fake_hub == {"create_repo": [], "create_branch": [], "create_commit": []}
+    assert fake_hub == {"create_repo": [], "create_branch": [], "create_commit": [], "remote_files": []}
 
 
 CARD_ARGUMENTS = dict(
