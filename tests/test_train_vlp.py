@@ -83,7 +83,9 @@ def test_resume_continues_from_the_latest_checkpoint(run, tmp_path):
     )
     assert "Resumed from" in completed.stderr and "at step 4" in completed.stderr
     history = json.loads((resumed / "eval_results.json").read_text())["train_history"]
-    assert [entry["step"] for entry in history] == [6, 8]
+    original = json.loads((run / "eval_results.json").read_text())["train_history"]
+    assert [entry["step"] for entry in history] == [2, 4, 4, 6, 8]  # the checkpoint carries steps 1-4
+    assert history[:3] == original[:3]
     verify_checkpoint(resumed / "final")
 
 

@@ -168,8 +168,9 @@ def resolve_checkpoint(args: TrainingArguments) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int) -> Path:
-    """`save_state` into a temporary folder, then rename it: a crash never leaves a half-written checkpoint."""
+def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int, history: list[dict] | None = None) -> Path:
+    """`save_state` into a temporary folder, then rename it: a crash never leaves a half-written checkpoint. The
+    logged `history` so far goes with it, so a resumed run reports the whole run."""
     root = _checkpoint_dir(args.output_dir)
     final, staging = root / f"checkpoint-{step}", root / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process and staging.exists():
@@ -177,7 +178,7 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging))
     if accelerator.is_main_process:
-        (staging / TRAINER_STATE_NAME).write_text(json.dumps({"global_step": step}))
+        (staging / TRAINER_STATE_NAME).write_text(json.dumps({"global_step": step, "log_history": history or []}))
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -216,11 +217,12 @@ def train_loop(
     `check/`. Everything else — clipping, optimiser and schedule, progress bar, trackers, checkpoints, resuming —
     happens here.
     """
-    start_step = 0
+    start_step, history = 0, []
     checkpoint = resolve_checkpoint(args)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        start_step = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())["global_step"]
+        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+        start_step, history = state["global_step"], state.get("log_history", [])
         logger.info("Resumed from %s at step %d", checkpoint, start_step)
     k = args.gradient_accumulation_steps
     if len(dataloader) < k:
@@ -228,7 +230,7 @@ def train_loop(
             f"The training set gives {len(dataloader)} micro-batches per epoch, fewer than gradient_accumulation_steps={k}."
         )
     batches = _micro_batches(accelerator, dataloader, start_step * k)
-    history, running = [], []
+    running = []
     progress = tqdm(
         total=args.max_train_steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
     )
@@ -261,7 +263,7 @@ def train_loop(
                 accelerator.log({f"check/{name}": value for name, value in checks.items()}, step=step)
             accelerator.wait_for_everyone()
         if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < args.max_train_steps:
-            save_checkpoint(accelerator, args, step)
+            save_checkpoint(accelerator, args, step, history)
     progress.close()
     model.eval()  # ready for the final evaluation
     return history
