@@ -50,15 +50,6 @@ torch.save(
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only spin-waits on a busy 2-core machine (a minute instead of seconds)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def lora_config():
     """Three text layers and two vision layers, so that "the top k" is a strict subset of each tower."""
     return tiny_vlp_config(

@@ -22,15 +22,6 @@ MAX_TARGET_LENGTH = 12
 NUM_CLIPS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: a second intra-op thread only spin-waits on a busy 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_config(**overrides) -> Sign2TextConfig:
     defaults = dict(
         sequence_config=SequenceEncoderConfig(
