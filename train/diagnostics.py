@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .evaluation import load_metric
+from .evaluation import load_metric, unit_rows
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +40,9 @@ def _as_numpy(values) -> np.ndarray:
     return values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
 
 
-def _mean_pairwise_cosine(embeddings) -> float:
+def _mean_pairwise_cosine(embeddings, name: str) -> float:
     """Mean cosine over distinct pairs, from the norm of the sum of unit vectors (no N x N matrix); NaN below 2."""
-    matrix = _as_numpy(embeddings).astype(np.float64)
-    unit = matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    unit = unit_rows(embeddings, name).astype(np.float64)
     count = unit.shape[0]
     if count < 2:
         return float("nan")
@@ -91,8 +90,8 @@ def embedding_collapse_stats(
         "pos_sim": retrieval["pos_sim"],
         "neg_sim": retrieval["neg_sim"],
         "margin": retrieval["pos_sim"] - retrieval["neg_sim"],
-        "visual_self_sim": _mean_pairwise_cosine(visual_embeds),
-        "text_self_sim": _mean_pairwise_cosine(text_embeds),
+        "visual_self_sim": _mean_pairwise_cosine(visual_embeds, "visual_embeds"),
+        "text_self_sim": _mean_pairwise_cosine(text_embeds, "text_embeds"),
     }
 
 

@@ -1,20 +1,36 @@
 """Evaluation shared by the training scripts: metrics come from the evaluate modules shipped in `metrics/`."""
 
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 
 import evaluate
+import numpy as np
 import torch
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 
 
+@cache
 def load_metric(name: str) -> evaluate.EvaluationModule:
-    """`evaluate.load` of a module shipped in this repository (works offline)."""
+    """`evaluate.load` of a module shipped in this repository (works offline), once per process: the periodic checks
+    and reports reuse it, and `compute` with explicit inputs keeps no state between calls."""
     path = METRICS_DIR / name
     if not path.is_dir():
         raise FileNotFoundError(f"No metric module {name!r} under {METRICS_DIR}.")
     return evaluate.load(str(path))
+
+
+def unit_rows(embeddings: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
+    """Float32 numpy copy with L2-normalised rows, so distances and dot products follow cosine similarity."""
+    if isinstance(embeddings, torch.Tensor):
+        embeddings = embeddings.detach().to(device="cpu", dtype=torch.float32).numpy()
+    matrix = np.asarray(embeddings, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[0] == 0:
+        raise ValueError(f"`{name}` must have shape (num_items, dim) with num_items > 0, got {matrix.shape}.")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"`{name}` contains NaN or infinite values; check the encoder outputs.")
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
 def encode_in_batches(encode: Callable[[list], torch.Tensor], items, batch_size: int) -> torch.Tensor:
@@ -183,4 +199,11 @@ def generation_report(predictions: list[str], references: list[str], *, lowercas
     return {"metrics": metrics, "bleu_signature": bleu["signature"], "table": table}
 
 
-__all__ = ["generation_report", "load_metric", "retrieval_report"]
+__all__ = [
+    "encode_clips_and_sentences",
+    "encode_in_batches",
+    "generation_report",
+    "load_metric",
+    "retrieval_report",
+    "unit_rows",
+]

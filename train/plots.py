@@ -24,24 +24,14 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
+from .evaluation import unit_rows
+
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
 NUM_PAIR_LINES = 25
 IMAGE_COLOR = "tab:blue"
 TEXT_COLOR = "tab:orange"
-
-
-def _unit_rows(embeddings: ArrayLike, name: str) -> np.ndarray:
-    """Float32 numpy copy with L2-normalised rows, so distances and dot products follow cosine similarity."""
-    if isinstance(embeddings, torch.Tensor):
-        embeddings = embeddings.detach().to(device="cpu", dtype=torch.float32).numpy()
-    matrix = np.asarray(embeddings, dtype=np.float32)
-    if matrix.ndim != 2 or matrix.shape[0] == 0:
-        raise ValueError(f"`{name}` must have shape (num_items, dim) with num_items > 0, got {matrix.shape}.")
-    if not np.isfinite(matrix).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values; check the encoder outputs.")
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
 def _checked_pairs(
@@ -106,8 +96,8 @@ def plot_embedding_projection(
     """
     if max_points < 2:
         raise ValueError(f"`max_points` must be at least 2, got {max_points}.")
-    images = _unit_rows(image_embeds, "image_embeds")
-    texts = _unit_rows(text_embeds, "text_embeds")
+    images = unit_rows(image_embeds, "image_embeds")
+    texts = unit_rows(text_embeds, "text_embeds")
     text_to_image = _checked_pairs(images, texts, text_to_image)
 
     rng = np.random.default_rng(seed)
@@ -157,8 +147,8 @@ def plot_similarity_distributions(
     `seed`) to keep memory bounded, but the NegSim mean is exact over all of them.
     `text_to_image=None` means text i belongs to image i.
     """
-    images = _unit_rows(image_embeds, "image_embeds")
-    texts = _unit_rows(text_embeds, "text_embeds")
+    images = unit_rows(image_embeds, "image_embeds")
+    texts = unit_rows(text_embeds, "text_embeds")
     text_to_image = _checked_pairs(images, texts, text_to_image)
     if len(images) < 2:
         raise ValueError("Non-matching pairs need at least 2 images, got 1.")
