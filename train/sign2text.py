@@ -38,7 +38,7 @@ from train.common import (
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
 from train.evaluation import encode_clips_and_sentences, generation_report, retrieval_report
 from train.lora import apply_lora
-from train.sign_data import clip_shapes, load_sign_splits, sequence_inputs
+from train.sign_data import clip_shapes, load_sign_splits, processor_sequence_settings, sequence_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -241,11 +241,8 @@ def main() -> None:
     processor = Sign2TextProcessor(
         tokenizer=tokenizer,
         max_target_length=model.config.max_target_length,
-        max_frames=sequence.max_frames,
-        num_keypoints=sequence.num_keypoints,
-        keypoint_dim=sequence.keypoint_dim,
-        feature_dim=sequence.feature_dim,
         missing_keypoints="mask",  # augmentation marks dropped keypoints as missing
+        **processor_sequence_settings(sequence),
     )
     logger.info(
         "Sign2Text: %d train / %d eval clips, %.2fM trainable parameters",

@@ -48,6 +48,13 @@ def clip_shapes(dataset, use_visual_features: bool) -> dict[str, int]:
     return shapes
 
 
+def processor_sequence_settings(sequence_config: SequenceEncoderConfig | None) -> dict[str, int]:
+    """The processor arguments that must match a model's sequence tower; none for a model without one."""
+    if sequence_config is None:
+        return {}
+    return {name: getattr(sequence_config, name) for name in ("max_frames", "num_keypoints", "keypoint_dim", "feature_dim")}
+
+
 def sequence_inputs(examples: list[dict], sequence_config: SequenceEncoderConfig) -> dict:
     """Processor inputs for the clip streams the model reads."""
     return {
@@ -58,4 +65,4 @@ def sequence_inputs(examples: list[dict], sequence_config: SequenceEncoderConfig
     }
 
 
-__all__ = ["clip_shapes", "load_sign_splits", "sequence_inputs"]
+__all__ = ["clip_shapes", "load_sign_splits", "processor_sequence_settings", "sequence_inputs"]

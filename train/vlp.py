@@ -37,7 +37,7 @@ from train.evaluation import encode_clips_and_sentences, encode_in_batches, retr
 from train.grad_cache import average_gradients_across_ranks, feature_cached_backward
 from train.lora import apply_lora
 from train.plots import plot_embedding_projection, plot_similarity_distributions
-from train.sign_data import clip_shapes, load_sign_splits, sequence_inputs
+from train.sign_data import clip_shapes, load_sign_splits, processor_sequence_settings, sequence_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -226,14 +226,10 @@ def main() -> None:
     model = build_model(model_args, tokenizer, train_set)
     if model_args.lora_text_layers or model_args.lora_vision_layers:
         model = add_lora(model, model_args)
-    sequence = model.config.sequence_config
     processor = VLPProcessor(
         image_processor=load_image_processor(model_args.vision_model_name_or_path, model_args.image_size),
         tokenizer=tokenizer,
-        max_frames=sequence.max_frames if sequence else 128,
-        num_keypoints=sequence.num_keypoints if sequence else 21,
-        keypoint_dim=sequence.keypoint_dim if sequence else 2,
-        feature_dim=sequence.feature_dim if sequence else 32,
+        **processor_sequence_settings(model.config.sequence_config),
     )
     logger.info(
         "VLP %s: %d train / %d eval items, %.2fM trainable parameters",
