@@ -5,13 +5,13 @@ from torch import nn
 from transformers import initialization as init
 
 
-
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Average over dim 1 of the positions where `mask` is 1 (all positions without a mask)."""
     if mask is None:
         return hidden_states.mean(1)
     mask = mask.unsqueeze(-1).to(hidden_states.dtype)
     return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1)
+
 
 class FeedForward(nn.Module):
     """Pre-norm two-layer GELU MLP."""
