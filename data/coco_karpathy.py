@@ -16,10 +16,14 @@ KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "validation":
 _SHOWN_MISSING = 5
 
 
-def load_coco_karpathy(annotation_file: str | Path, image_root: str | Path, split: str = "test") -> Dataset:
-    """Images of one Karpathy split with all their raw captions; `train` includes `restval`.
+def load_coco_karpathy(
+    annotation_file: str | Path, image_root: str | Path, split: str = "test", max_captions: int | None = None
+) -> Dataset:
+    """Images of one Karpathy split with their raw captions; `train` includes `restval`.
 
-    Image paths are `image_root / filepath / filename` (`filepath` is absent in the Flickr variants of the file).
+    Some images carry more than five captions; the 5k retrieval protocol scores the first five of each test image,
+    which `max_captions=5` keeps (`None` keeps all, e.g. for training). Image paths are
+    `image_root / filepath / filename` (`filepath` is absent in the Flickr variants of the file).
     """
     annotation_file, image_root = Path(annotation_file), Path(image_root)
     if split not in KARPATHY_SPLITS:
@@ -48,7 +52,7 @@ def load_coco_karpathy(annotation_file: str | Path, image_root: str | Path, spli
         {
             "image_id": [entry["imgid"] for entry in entries],
             "image": [str(path) for path in paths],
-            "captions": [[sentence["raw"].strip() for sentence in entry["sentences"]] for entry in entries],
+            "captions": [[sentence["raw"].strip() for sentence in entry["sentences"][:max_captions]] for entry in entries],
         },
         features=IMAGE_CAPTION_FEATURES,
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from train import diagnostics
 from train.diagnostics import (
     CollapseCallback,
     CollapseMonitor,
@@ -15,6 +16,7 @@ from train.diagnostics import (
     embedding_collapse_stats,
     generation_collapse_stats,
 )
+from train.evaluation import EncodedPairs, retrieval_report
 
 
 def _collapsed_pairs(count=64, dim=32, seed=0):
@@ -168,8 +170,16 @@ def test_callback_returns_the_numbers_to_log_and_warns_while_training(caplog):
 
 def test_check_arguments_follow_the_side_that_owns_several_items():
     visual, text = torch.randn(2, 4), torch.randn(3, 4)
-    captions = embedding_check_arguments({"visual": visual, "text": text, "text_to_visual": torch.tensor([0, 0, 1]), "visual_to_text": None})
+    captions = embedding_check_arguments(EncodedPairs(visual, text, torch.tensor([0, 0, 1]), "text", ["a", "b", "c"]))
     assert captions["positives_from"] == "text" and captions["positives"].tolist() == [0, 0, 1]
-    clips = embedding_check_arguments({"visual": text, "text": visual, "text_to_visual": None, "visual_to_text": torch.tensor([1, 0, 1])})
+    clips = embedding_check_arguments(EncodedPairs(text, visual, torch.tensor([1, 0, 1]), "visual", ["a", "b"]))
     assert clips["positives_from"] == "visual" and clips["positives"].tolist() == [1, 0, 1]
     CollapseMonitor().check_embeddings(**clips)  # the monitor accepts them as they are
+
+
+def test_final_check_reuses_the_runs_retrieval_instead_of_computing_it_again(monkeypatch):
+    pairs = EncodedPairs(torch.randn(4, 8), torch.randn(8, 8), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), "text", list("abcdefgh"))
+    retrieval = retrieval_report(pairs, [8])
+    monkeypatch.setattr(diagnostics, "load_metric", lambda name: pytest.fail("the retrieval metric ran a second time"))
+    stats = CollapseMonitor().check_embeddings(**embedding_check_arguments(pairs, retrieval))
+    assert (stats["pos_sim"], stats["neg_sim"]) == (retrieval.headline["pos_sim"], retrieval.headline["neg_sim"])

@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,37 +17,57 @@ from transformers import AutoConfig
 
 from conftest import tiny_vlp_config
 from configuration import SequenceEncoderConfig
+from data.synthetic_signs import make_signs_splits
 from hub import verify_checkpoint
 from modeling import Sign2TextModel, VLPModel
+from processing import Sign2TextProcessor
 from train.backbones import offline_model_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
-    "--hidden_size", "32", "--encoder_layers", "1", "--decoder_layers", "2", "--num_attention_heads", "2",
+    "--sequence_hidden_size", "32", "--sequence_layers", "1", "--decoder_layers", "2", "--sequence_attention_heads", "2",
     "--projection_dim", "16", "--max_frames", "48", "--num_train", "48", "--num_eval", "12",
     "--per_device_train_batch_size", "8", "--eval_batch_size", "12", "--report_to", "none", "--logging_steps", "2",
     "--cpu_threads", "1",
 ]  # fmt: skip
 
 
-def train(output_dir: Path, *arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO_ROOT / "train" / "sign2text.py"), "--output_dir", str(output_dir), *TINY_RUN]
-    completed = subprocess.run(
-        [*command, *arguments],
-        capture_output=True,
-        text=True,
-        env=os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
-        cwd=REPO_ROOT,
-    )
+def launch(output_dir: Path, *arguments: str, num_processes: int = 1) -> subprocess.CompletedProcess:
+    """`train/sign2text.py` in one process, or under `accelerate launch` with CPU data parallelism."""
+    script = [str(REPO_ROOT / "train" / "sign2text.py"), "--output_dir", str(output_dir), *TINY_RUN, *arguments]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if num_processes == 1:
+        command = [sys.executable, *script]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+                   "--main_process_port", str(free_port()), *script]  # fmt: skip
+        env |= {"ACCELERATE_USE_CPU": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed
 
 
-def test_run_reports_generation_baseline_and_retrieval(tmp_path):
-    completed = train(tmp_path / "run", "--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2")
-    verify_checkpoint(tmp_path / "run" / "final")
-    assert (tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
-    results = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+RUN = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2", "--logging_steps", "1", "--memory_size", "16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Four steps with a SupCon memory queue, a checkpoint and a collapse check at step 2, the loss logged every step."""
+    output_dir = tmp_path_factory.mktemp("sign2text") / "run"
+    return output_dir, launch(output_dir, *RUN)
+
+
+def test_run_reports_generation_baseline_and_retrieval(run):
+    output_dir, completed = run
+    verify_checkpoint(output_dir / "final")
+    assert (output_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
+    results = json.loads((output_dir / "eval_results.json").read_text())
     metrics = results["metrics"]
     for name in ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim"):
         assert name in metrics
@@ -56,10 +78,44 @@ def test_run_reports_generation_baseline_and_retrieval(tmp_path):
     assert 0 < checks[0]["check/distinct_output_share"] <= 1
     assert "Collapse check at step 2" in completed.stderr
     assert "sacreBLEU signature: `nrefs:1|case:lc" in completed.stdout
-    card = ModelCard.load(tmp_path / "run" / "final" / "README.md")
+    card = ModelCard.load(output_dir / "final" / "README.md")
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
     assert reported["WER"] == pytest.approx(metrics["WER"])
     assert "Text-only baseline" in card.text
+
+
+def test_resume_restores_augmentation_and_the_memory_queue(run, tmp_path):
+    """Killed right after checkpoint-2 and resumed, the run ends with the uninterrupted run's weights and metrics:
+    the per-sample augmentation and the SupCon queue (training state outside the model) continue exactly."""
+    output_dir, _ = run
+    shutil.copytree(output_dir / "checkpoints", tmp_path / "resumed" / "checkpoints")
+    launch(tmp_path / "resumed", *RUN, "--resume_from_checkpoint", "latest")
+    original, resumed = (load_file(folder / "final" / "model.safetensors") for folder in (output_dir, tmp_path / "resumed"))
+    for name, value in original.items():
+        torch.testing.assert_close(resumed[name], value, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+    expected, results = (json.loads((folder / "eval_results.json").read_text()) for folder in (output_dir, tmp_path / "resumed"))
+    assert results["metrics"] == pytest.approx(expected["metrics"], abs=1e-4)
+    assert results["examples"] == expected["examples"]
+
+
+def test_two_processes_keep_the_schedule_and_pair_every_generation_with_its_reference(run, tmp_path):
+    """Under two processes the learning rate at every step equals the one-process run's (the schedule counts
+    optimiser steps, not processes), and the sharded generations come back each with its own reference: a fresh
+    one-process generation from the saved model reproduces them in the same order."""
+    one_process, _ = run
+    launch(tmp_path / "two", *RUN, num_processes=2)
+    histories = [json.loads((folder / "eval_results.json").read_text()) for folder in (one_process, tmp_path / "two")]
+    learning_rates = [[(entry["step"], entry["lr"]) for entry in h["train_history"] if "lr" in entry] for h in histories]
+    assert [step for step, _ in learning_rates[1]] == [1, 2, 3, 4]
+    assert learning_rates[1] == pytest.approx(learning_rates[0])
+
+    model = Sign2TextModel.from_pretrained(tmp_path / "two" / "final").eval()
+    processor = Sign2TextProcessor.from_pretrained(tmp_path / "two" / "final")
+    clips = make_signs_splits(48, 12, seed=1234, num_keypoints=21, keypoint_dim=2, feature_dim=32)["validation"]
+    inputs = processor(keypoints=clips["keypoints"], frame_features=clips["features"])
+    with torch.no_grad():
+        predictions = processor.batch_decode(model.generate(**inputs, num_beams=1, do_sample=False))
+    assert histories[1]["examples"] == [list(pair) for pair in zip(clips["sentence"], predictions)]
 
 
 def test_phase_one_vlp_checkpoint_initialises_the_encoder(tmp_path):
@@ -67,7 +123,12 @@ def test_phase_one_vlp_checkpoint_initialises_the_encoder(tmp_path):
     vlp = VLPModel(tiny_vlp_config(vision_config=None, sequence_config=sequence, text_config=AutoConfig.from_pretrained(offline_model_dir())))
     vlp.save_pretrained(tmp_path / "vlp")
     # with a zero learning rate the trained model keeps exactly what it was initialised with
-    train(tmp_path / "run", "--max_train_steps", "1", "--learning_rate", "0", "--init_encoder_from", str(tmp_path / "vlp"))
+    completed = launch(
+        tmp_path / "run", "--max_train_steps", "1", "--learning_rate", "0", "--init_encoder_from", str(tmp_path / "vlp"),
+        "--sequence_layers", "2",
+    )  # fmt: skip
+    # the tower comes whole from the checkpoint; the log names the flag it overrides, nothing is replaced silently
+    assert "--sequence_layers 2 → 1" in completed.stderr
     model = Sign2TextModel.from_pretrained(tmp_path / "run" / "final")
     for ours, theirs in ((model.encoder.sequence_encoder, vlp.sequence_encoder), (model.text_model, vlp.text_model)):
         for (name, value), expected in zip(ours.state_dict().items(), theirs.state_dict().values()):
@@ -75,7 +136,7 @@ def test_phase_one_vlp_checkpoint_initialises_the_encoder(tmp_path):
 
 
 def test_decoder_lora_from_a_chosen_layer(tmp_path):
-    train(tmp_path / "run", "--max_train_steps", "2", "--lora_decoder_from_layer", "1")
+    launch(tmp_path / "run", "--max_train_steps", "2", "--lora_decoder_from_layer", "1")
     adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert adapter["target_modules"] and all(name.startswith("decoder.layers.1.") for name in adapter["target_modules"])
     weights = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
@@ -106,7 +167,7 @@ def test_keypoint_table_of_another_layout_trains_and_names_missing_features(tmp_
         "--train_table", str(write_keypoint_table(tmp_path / "data", "train", sentences)),
         "--eval_table", str(write_keypoint_table(tmp_path / "data", "eval", sentences[:4])),
     ]  # fmt: skip
-    train(tmp_path / "run", *data, "--use_visual_features", "false", "--max_train_steps", "2", "--eval_batch_size", "4")
+    launch(tmp_path / "run", *data, "--use_visual_features", "false", "--max_train_steps", "2", "--eval_batch_size", "4")
     config = Sign2TextModel.from_pretrained(tmp_path / "run" / "final").config.sequence_config
     assert (config.num_keypoints, config.keypoint_dim) == (5, 3)
 

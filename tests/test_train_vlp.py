@@ -12,6 +12,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
+from safetensors.torch import load_file
 
 from fresh_process import run_outside_project
 from hub import verify_checkpoint
@@ -75,17 +76,26 @@ def test_run_writes_model_card_plots_metrics_and_checkpoints(run):
     assert not list(run.rglob("*.tmp"))
 
 
-def test_resume_continues_from_the_latest_checkpoint(run, tmp_path):
+def test_resume_after_a_kill_ends_where_the_uninterrupted_run_ends(run, tmp_path):
+    """A run killed right after checkpoint-4 (its checkpoint folder is all that survives) and resumed must end with
+    the weights and metrics of the run that was never interrupted: caption choice, dropout, data order, optimiser
+    and schedule all continue exactly."""
     resumed = tmp_path / "run"
     shutil.copytree(run / "checkpoints", resumed / "checkpoints")
     completed = train(
         resumed, "--max_train_steps", "8", "--gradient_accumulation_steps", "2", "--eval_steps", "4", "--resume_from_checkpoint", "latest"
     )
     assert "Resumed from" in completed.stderr and "at step 4" in completed.stderr
-    history = json.loads((resumed / "eval_results.json").read_text())["train_history"]
-    original = json.loads((run / "eval_results.json").read_text())["train_history"]
-    assert [entry["step"] for entry in history] == [2, 4, 4, 6, 8]  # the checkpoint carries steps 1-4
-    assert history[:3] == original[:3]
+    original = load_file(run / "final" / "model.safetensors")
+    weights = load_file(resumed / "final" / "model.safetensors")
+    assert weights.keys() == original.keys()
+    for name, value in original.items():
+        torch.testing.assert_close(weights[name], value, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+    results, expected = (json.loads((folder / "eval_results.json").read_text()) for folder in (resumed, run))
+    assert results["metrics"] == pytest.approx(expected["metrics"], abs=1e-4)
+    assert [entry["step"] for entry in results["train_history"]] == [2, 4, 4, 6, 8]
+    losses = [[entry["loss"] for entry in history["train_history"] if "loss" in entry] for history in (results, expected)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
     verify_checkpoint(resumed / "final")
 
 
@@ -112,6 +122,7 @@ LOAD_SCRIPT = """
 import numpy as np
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 checkpoint, output_path, *texts = sys.argv[1:]

@@ -1,4 +1,4 @@
-"""The parts of a training run that every model shares: arguments, accelerator, optimiser, loop, checkpoints."""
+"""Building blocks of `train.runner.run`: accelerator, optimiser and schedule, checkpoints, the final save."""
 
 import importlib.util
 import json
@@ -6,9 +6,6 @@ import logging
 import math
 import os
 import shutil
-import sys
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,10 +16,10 @@ from accelerate import (
 )
 from accelerate.utils import ProjectConfiguration, set_seed
 from peft import PeftModel
-from tqdm.auto import tqdm
-from transformers import HfArgumentParser, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from hub import push_to_hub, save_for_hub
+from train.arguments import TrainingArguments
 from train.lora import merge_lora
 
 logger = logging.getLogger(__name__)
@@ -30,66 +27,6 @@ logger = logging.getLogger(__name__)
 # What `Accelerator.save_state` writes for one model, optimizer and scheduler.
 ACCELERATE_STATE_FILES = ("model.safetensors", "optimizer.bin", "scheduler.bin")
 TRAINER_STATE_NAME = "trainer_state.json"
-
-
-@dataclass
-class TrainingArguments:
-    """Arguments every training script takes."""
-
-    output_dir: str = field(default="outputs/run", metadata={"help": "Where checkpoints, logs, plots and the final model go."})
-    seed: int = field(default=0, metadata={"help": "Seed for model initialisation and data order."})
-    max_train_steps: int = field(default=800, metadata={"help": "Optimiser steps to train for."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Micro-batch size per process."})
-    gradient_accumulation_steps: int = field(
-        default=1,
-        metadata={
-            "help": "Micro-batches per optimiser step. Contrastive models cache features across them, so the "
-            "loss sees all k×m samples as negatives (not plain accumulation)."
-        },
-    )
-    learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not applied to biases, norms, temperatures)."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of steps spent in linear warm-up before cosine decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm; 0 disables."})
-    mixed_precision: str = field(
-        default="auto", metadata={"help": "'auto' (bf16 where the GPU supports it, else fp32), 'no', 'fp16' or 'bf16'."}
-    )
-    logging_steps: int = field(default=20, metadata={"help": "Log the losses, averaged over the last N steps, every N steps."})
-    checkpointing_steps: int = field(default=200, metadata={"help": "Save a resumable checkpoint every N steps; 0 disables."})
-    checkpoints_total_limit: int = field(default=2, metadata={"help": "Keep only the newest N checkpoints (at least 1)."})
-    resume_from_checkpoint: str | None = field(
-        default=None, metadata={"help": "A checkpoint folder, or 'latest' for the newest one under output_dir."}
-    )
-    report_to: str = field(default="auto", metadata={"help": "Tracker: 'auto' (TensorBoard if installed), 'none', or a name accelerate knows."})
-    cpu_threads: int = field(
-        default=0,
-        metadata={"help": "Intra-op threads per process on CPU; 0 shares the cores between processes (accelerate launch alone would pin 1)."},
-    )
-    eval_steps: int = field(
-        default=100, metadata={"help": "Run the collapse checks on a held-out sample every N steps; 0: only the final evaluation."}
-    )
-    eval_batch_size: int = field(default=256, metadata={"help": "Batch size for the final evaluation."})
-    push_to_hub_repo: str | None = field(default=None, metadata={"help": "Also upload the final folder to this Hub repo id."})
-
-    def __post_init__(self):
-        for name in (
-            "max_train_steps",
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-            "checkpoints_total_limit",
-            "eval_batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
-
-
-def parse_arguments(*dataclass_types) -> tuple:
-    """Parse the command line (or a single .json file) into the given dataclasses; `--help` lists every field."""
-    parser = HfArgumentParser(dataclass_types)
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(json_file=sys.argv[1])
-    return parser.parse_args_into_dataclasses()
 
 
 def _resolve_mixed_precision(requested: str) -> str:
@@ -112,6 +49,9 @@ def make_accelerator(args: TrainingArguments, project_name: str, hyperparameters
         log_with=tracker,
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=str(Path(args.output_dir, "logs"))),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # The schedule is sized in optimiser steps and the loop steps it once per optimiser step. Stepped with the
+        # optimizer, accelerate would step it once per process, running N times too fast under N processes.
+        step_scheduler_with_optimizer=False,
         # Backbones keep heads we never call (BERT's pooler, CLIP's post-norm); DDP must not wait for their grads.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
@@ -189,84 +129,16 @@ def save_checkpoint(accelerator: Accelerator, args: TrainingArguments, step: int
     return final
 
 
-def _micro_batches(accelerator: Accelerator, dataloader, start_micro_batch: int) -> Iterator:
-    """Endless stream of micro-batches over epochs (reshuffled each epoch), skipping those already consumed."""
-    epoch, skip = divmod(start_micro_batch, len(dataloader))
-    while True:
-        dataloader.set_epoch(epoch)
-        yield from accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
-        epoch, skip = epoch + 1, 0
-
-
-def train_loop(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    dataloader,
-    args: TrainingArguments,
-    train_step: Callable[[Sequence[dict]], dict[str, float]],
-    after_optimizer_step: Callable[[], None] | None = None,
-    periodic_check: Callable[[int], dict[str, float]] | None = None,
-) -> list[dict]:
-    """Run `args.max_train_steps` optimiser steps; returns the logged history and leaves the model in eval mode.
-
-    `train_step` receives the step's `gradient_accumulation_steps` micro-batches, back-propagates, and returns the
-    values to log (at least `loss`). `periodic_check(step)` runs on the main process in eval mode every
-    `args.eval_steps` steps before the last (the final evaluation covers that one); its values are logged under
-    `check/`. Everything else — clipping, optimiser and schedule, progress bar, trackers, checkpoints, resuming —
-    happens here.
-    """
-    start_step, history = 0, []
+def resume_state(accelerator: Accelerator, args: TrainingArguments) -> tuple[int, list[dict]]:
+    """Load `--resume_from_checkpoint` (model, optimiser, schedule, random states and registered objects) and return
+    its step and logged history; `(0, [])` for a fresh run."""
     checkpoint = resolve_checkpoint(args)
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
-        start_step, history = state["global_step"], state.get("log_history", [])
-        logger.info("Resumed from %s at step %d", checkpoint, start_step)
-    k = args.gradient_accumulation_steps
-    if len(dataloader) < k:
-        raise ValueError(
-            f"The training set gives {len(dataloader)} micro-batches per epoch, fewer than gradient_accumulation_steps={k}."
-        )
-    batches = _micro_batches(accelerator, dataloader, start_step * k)
-    running = []
-    progress = tqdm(
-        total=args.max_train_steps, initial=start_step, desc="train", disable=not accelerator.is_local_main_process
-    )
-    model.train()
-    for step in range(start_step + 1, args.max_train_steps + 1):
-        logs = train_step([next(batches) for _ in range(k)])
-        if args.max_grad_norm > 0:
-            logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if after_optimizer_step is not None:
-            after_optimizer_step()
-        running.append(logs)
-        progress.update(1)
-        if step % args.logging_steps == 0 or step == args.max_train_steps:
-            record = {name: sum(entry[name] for entry in running) / len(running) for name in running[-1]}
-            record |= {"lr": scheduler.get_last_lr()[0], "step": step}
-            running = []
-            history.append(record)
-            accelerator.log({f"train/{name}": value for name, value in record.items() if name != "step"}, step=step)
-            progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
-        if periodic_check is not None and args.eval_steps and step % args.eval_steps == 0 and step < args.max_train_steps:
-            if accelerator.is_main_process:
-                model.eval()
-                with torch.no_grad():
-                    checks = periodic_check(step)
-                model.train()
-                history.append({**{f"check/{name}": value for name, value in checks.items()}, "step": step})
-                accelerator.log({f"check/{name}": value for name, value in checks.items()}, step=step)
-            accelerator.wait_for_everyone()
-        if args.checkpointing_steps and step % args.checkpointing_steps == 0 and step < args.max_train_steps:
-            save_checkpoint(accelerator, args, step, history)
-    progress.close()
-    model.eval()  # ready for the final evaluation
-    return history
+    if checkpoint is None:
+        return 0, []
+    accelerator.load_state(str(checkpoint))
+    state = json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    logger.info("Resumed from %s at step %d", checkpoint, state["global_step"])
+    return state["global_step"], state.get("log_history", [])
 
 
 def save_final_model(model: torch.nn.Module, processor, args: TrainingArguments, model_card: str) -> Path:
@@ -284,21 +156,11 @@ def save_final_model(model: torch.nn.Module, processor, args: TrainingArguments,
     return final
 
 
-def arguments_as_dict(*dataclasses_) -> dict:
-    merged = {}
-    for item in dataclasses_:
-        merged.update(asdict(item))
-    return merged
-
-
 __all__ = [
-    "TrainingArguments",
-    "arguments_as_dict",
     "create_optimizer_and_scheduler",
     "make_accelerator",
-    "parse_arguments",
     "resolve_checkpoint",
+    "resume_state",
     "save_checkpoint",
     "save_final_model",
-    "train_loop",
 ]

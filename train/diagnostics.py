@@ -14,22 +14,23 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .evaluation import load_metric, unit_rows
+from .evaluation import EncodedPairs, RetrievalReport, load_metric, unit_rows
 
 logger = logging.getLogger(__name__)
 
 
-def embedding_check_arguments(encoded: dict) -> dict:
-    """`CollapseMonitor.check_embeddings` arguments from the trainers' encoded eval sets (the dict `retrieval_report`
-    takes): either each text points to its visual item (several captions per image) or each visual item points to its
-    text (several clips per sentence)."""
-    by_text = encoded["text_to_visual"] is not None
-    return {
-        "visual_embeds": encoded["visual"],
-        "text_embeds": encoded["text"],
-        "positives": encoded["text_to_visual"] if by_text else encoded["visual_to_text"],
-        "positives_from": "text" if by_text else "visual",
+def embedding_check_arguments(pairs: EncodedPairs, retrieval: RetrievalReport | None = None) -> dict:
+    """`CollapseMonitor.check_embeddings` arguments for encoded held-out pairs. With the run's `retrieval` report,
+    PosSim and NegSim come from it instead of a second pass of the retrieval metric."""
+    arguments = {
+        "visual_embeds": pairs.visual,
+        "text_embeds": pairs.text,
+        "positives": pairs.owner,
+        "positives_from": pairs.grouped,
     }
+    if retrieval is not None:
+        arguments["similarities"] = (retrieval.headline["pos_sim"], retrieval.headline["neg_sim"])
+    return arguments
 
 
 class CollapseWarning(UserWarning):
@@ -55,6 +56,7 @@ def embedding_collapse_stats(
     positives: Sequence[int] | np.ndarray | torch.Tensor | None = None,
     *,
     positives_from: str = "text",
+    similarities: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """Similarity statistics that expose a collapsed joint embedding space.
 
@@ -65,6 +67,8 @@ def embedding_collapse_stats(
             captions per image), one entry per text: the row of its visual item. With `positives_from="visual"`
             (several clips per sentence), one entry per visual item: the row of its text. `None` pairs row i with
             row i.
+        similarities: `(pos_sim, neg_sim)` already measured by the retrieval metric on these embeddings; skips
+            computing them again.
 
     Returns:
         `pos_sim` (mean cosine of true pairs), `neg_sim` (mean cosine of all other cross-modal pairs), `margin`
@@ -81,15 +85,18 @@ def embedding_collapse_stats(
                 f"and {len(text_embeds)} text embeddings; pass `positives`."
             )
         positives = np.arange(len(text_embeds))
-    # Cosine is symmetric, so the side with one entry per row plays the metric's "text" role.
-    queries, candidates = (text_embeds, visual_embeds) if positives_from == "text" else (visual_embeds, text_embeds)
-    retrieval = load_metric("retrieval").compute(
-        text_embeddings=_as_numpy(queries), image_index=_as_numpy(positives), image_embeddings=_as_numpy(candidates), ks=[1]
-    )
+    if similarities is None:
+        # Cosine is symmetric, so the side with one entry per row plays the metric's "text" role.
+        queries, candidates = (text_embeds, visual_embeds) if positives_from == "text" else (visual_embeds, text_embeds)
+        retrieval = load_metric("retrieval").compute(
+            text_embeddings=_as_numpy(queries), image_index=_as_numpy(positives), image_embeddings=_as_numpy(candidates), ks=[1]
+        )
+        similarities = (retrieval["pos_sim"], retrieval["neg_sim"])
+    pos_sim, neg_sim = similarities
     return {
-        "pos_sim": retrieval["pos_sim"],
-        "neg_sim": retrieval["neg_sim"],
-        "margin": retrieval["pos_sim"] - retrieval["neg_sim"],
+        "pos_sim": pos_sim,
+        "neg_sim": neg_sim,
+        "margin": pos_sim - neg_sim,
         "visual_self_sim": _mean_pairwise_cosine(visual_embeds, "visual_embeds"),
         "text_self_sim": _mean_pairwise_cosine(text_embeds, "text_embeds"),
     }
@@ -151,9 +158,13 @@ class CollapseMonitor:
         else:
             self.logger.warning(message)
 
-    def check_embeddings(self, visual_embeds, text_embeds, positives=None, *, positives_from: str = "text") -> dict:
+    def check_embeddings(
+        self, visual_embeds, text_embeds, positives=None, *, positives_from: str = "text", similarities=None
+    ) -> dict:
         """`embedding_collapse_stats` plus `collapsed`; warns when the margin is under `margin_threshold`."""
-        stats = embedding_collapse_stats(visual_embeds, text_embeds, positives, positives_from=positives_from)
+        stats = embedding_collapse_stats(
+            visual_embeds, text_embeds, positives, positives_from=positives_from, similarities=similarities
+        )
         stats["collapsed"] = bool(stats["margin"] < self.margin_threshold)
         if stats["collapsed"]:
             self._report(

@@ -1,12 +1,16 @@
 """Evaluation shared by the training scripts: metrics come from the evaluate modules shipped in `metrics/`."""
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
+from typing import Literal
 from pathlib import Path
 
 import evaluate
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 
@@ -33,62 +37,122 @@ def unit_rows(embeddings: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
-def encode_in_batches(encode: Callable[[list], torch.Tensor], items, batch_size: int) -> torch.Tensor:
-    """`encode` on consecutive slices of `items` (a list, or a `datasets.Dataset` read a slice at a time),
-    concatenated on the CPU in float32."""
-    chunks = []
-    for start in range(0, len(items), batch_size):
-        stop = min(start + batch_size, len(items))
-        chunk = items.select(range(start, stop)) if hasattr(items, "select") else items[start:stop]
-        with torch.no_grad():
-            chunks.append(encode(list(chunk)).float().cpu())
-    return torch.cat(chunks)
+@dataclass
+class EncodedPairs:
+    """Held-out embeddings of both sides and which items match.
+
+    One side holds several items per match: five captions per COCO image (`grouped="text"`), several clips per
+    sign sentence (`grouped="visual"`). `owner[i]` is the row, on the other side, that item i of the grouped side
+    matches. Embeddings are unnormalised float32 CPU tensors; `texts` are the texts of the `text` rows.
+    """
+
+    visual: torch.Tensor
+    text: torch.Tensor
+    owner: torch.Tensor
+    grouped: Literal["text", "visual"]
+    texts: list[str]
+
+    def __post_init__(self):
+        if self.grouped not in ("text", "visual"):
+            raise ValueError(f"`grouped` must be 'text' or 'visual', got {self.grouped!r}.")
+        if len(self.owner) != len(self.grouped_side):
+            raise ValueError(f"`owner` has {len(self.owner)} entries for {len(self.grouped_side)} {self.grouped} rows.")
+
+    @property
+    def grouped_side(self) -> torch.Tensor:
+        return self.text if self.grouped == "text" else self.visual
+
+    @property
+    def single_side(self) -> torch.Tensor:
+        return self.visual if self.grouped == "text" else self.text
+
+    @property
+    def side_names(self) -> tuple[str, str]:
+        """Plot legend names of (single side, grouped side)."""
+        return ("images", "captions") if self.grouped == "text" else ("sentences", "clips")
 
 
-def encode_clips_and_sentences(
-    clips: Sequence[dict],
-    encode_clips: Callable[[list[dict]], torch.Tensor],
-    encode_sentences: Callable[[list[str]], torch.Tensor],
+def map_sharded(
+    accelerator: Accelerator | None, items, function: Callable[[list], Sequence], batch_size: int
+) -> list:
+    """`function` over batches of `items`, every process taking each `num_processes`-th item; the results come back
+    on every process in the order of `items`, gathered together with their indices (so no assumption about how the
+    items were split). `items` is a list or a `datasets.Dataset` (read one row at a time). With `accelerator=None`
+    this process does all the work (for checks that run on the main process only)."""
+    rank, world_size = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    indices = list(range(rank, len(items), world_size))
+    results = []
+    for start in range(0, len(indices), batch_size):
+        results.extend(function([items[i] for i in indices[start : start + batch_size]]))
+    if world_size == 1:
+        return results
+    gathered = sorted(gather_object(list(zip(indices, results))), key=lambda pair: pair[0])
+    return [result for _, result in gathered]
+
+
+def _embed(encode: Callable[[list], torch.Tensor]) -> Callable[[list], list[torch.Tensor]]:
+    return lambda batch: list(encode(batch).float().cpu())
+
+
+def encode_pairs(
+    accelerator: Accelerator | None,
+    rows,
+    encode_visual: Callable[[list[dict]], torch.Tensor],
+    encode_texts: Callable[[list[str]], torch.Tensor],
     batch_size: int,
-) -> dict:
-    """The eval set as `retrieval_report` takes it when several clips share a sentence: every clip's embedding,
-    one embedding per distinct sentence (`texts`), and each clip's sentence (`visual_to_text`)."""
-    clip_sentences = [clip["sentence"] for clip in clips]
-    sentences = list(dict.fromkeys(clip_sentences))
-    index = {sentence: i for i, sentence in enumerate(sentences)}
-    return {
-        "visual": encode_in_batches(encode_clips, clips, batch_size),
-        "text": encode_in_batches(encode_sentences, sentences, batch_size),
-        "text_to_visual": None,
-        "visual_to_text": torch.tensor([index[sentence] for sentence in clip_sentences]),
-        "texts": sentences,
-    }
+) -> EncodedPairs:
+    """Embed a held-out set, sharded over processes (see `map_sharded`): rows with `captions` (several per image) or
+    with a `sentence` (several clips per sentence, each distinct sentence embedded once)."""
+    column_names = rows.column_names if hasattr(rows, "column_names") else list(rows[0])
+    if "captions" in column_names:
+        captions = rows["captions"] if hasattr(rows, "column_names") else [row["captions"] for row in rows]
+        texts = [caption for image_captions in captions for caption in image_captions]
+        owner = torch.tensor([row for row, image_captions in enumerate(captions) for _ in image_captions])
+        grouped = "text"
+    else:
+        clip_sentences = rows["sentence"] if hasattr(rows, "column_names") else [row["sentence"] for row in rows]
+        texts = list(dict.fromkeys(clip_sentences))
+        index = {sentence: i for i, sentence in enumerate(texts)}
+        owner = torch.tensor([index[sentence] for sentence in clip_sentences])
+        grouped = "visual"
+    return EncodedPairs(
+        visual=torch.stack(map_sharded(accelerator, rows, _embed(encode_visual), batch_size)),
+        text=torch.stack(map_sharded(accelerator, texts, _embed(encode_texts), batch_size)),
+        owner=owner,
+        grouped=grouped,
+        texts=texts,
+    )
 
 
-def retrieval_report(encoded: dict, dims: list[int], ks: tuple[int, ...] = (1, 5, 10)) -> dict:
-    """Retrieval metrics in both directions at every Matryoshka dimension.
+@dataclass
+class RetrievalReport:
+    """Retrieval in both directions at every Matryoshka dimension, computed once and shared by the report, the
+    collapse check and the card."""
 
-    `encoded` holds unnormalised `visual` and `text` embeddings and either `text_to_visual` (several captions per
-    image: the COCO protocol) or `visual_to_text` (several clips per sentence). Directions are named from the
-    visual side: `v2t` = visual query, text candidates; `t2v` = the reverse.
+    metrics: dict[str, float]
+    """`dim{d}/{v2t|t2v}_{R@k|MedR|MeanR}` and `dim{d}/{pos_sim|neg_sim}`."""
+    headline: dict[str, float]
+    """The metrics at the first (full) dimension, without the `dim{d}/` prefix."""
+    table: str
 
-    Returns `{"metrics": {"dim{d}/v2t_R@1": ...}, "headline": metrics at the full dimension, "table": markdown}`.
+
+def retrieval_report(pairs: EncodedPairs, dims: Sequence[int], ks: tuple[int, ...] = (1, 5, 10)) -> RetrievalReport:
+    """Retrieval metrics of `pairs` (through the shipped `retrieval` module) at each of `dims` (prefixes of the
+    embeddings, largest first). Directions are named from the visual side: `v2t` = visual query, text candidates.
+
+    The module calls the grouped side "texts" and the single side "images"; with several clips per sentence the
+    clips are its "texts", so its `t2i` is our `v2t`.
     """
     metric = load_metric("retrieval")
+    rename = {"i2t_": "v2t_", "t2i_": "t2v_"} if pairs.grouped == "text" else {"t2i_": "v2t_", "i2t_": "t2v_"}
     metrics = {}
-    many_texts_per_visual = encoded["text_to_visual"] is not None
     for dim in dims:
-        visual, text = encoded["visual"][:, :dim].numpy(), encoded["text"][:, :dim].numpy()
-        if many_texts_per_visual:
-            result = metric.compute(
-                text_embeddings=text, image_index=encoded["text_to_visual"].numpy(), image_embeddings=visual, ks=list(ks)
-            )
-            rename = {"i2t_": "v2t_", "t2i_": "t2v_"}
-        else:  # each clip has one sentence, each sentence several clips: clips take the module's "text" role
-            result = metric.compute(
-                text_embeddings=visual, image_index=encoded["visual_to_text"].numpy(), image_embeddings=text, ks=list(ks)
-            )
-            rename = {"t2i_": "v2t_", "i2t_": "t2v_"}
+        result = metric.compute(
+            text_embeddings=pairs.grouped_side[:, :dim].numpy(),
+            image_index=pairs.owner.numpy(),
+            image_embeddings=pairs.single_side[:, :dim].numpy(),
+            ks=list(ks),
+        )
         for key, value in result.items():
             if key in ("num_images", "num_texts"):  # sizes, stated under the table; not scores
                 continue
@@ -99,33 +163,17 @@ def retrieval_report(encoded: dict, dims: list[int], ks: tuple[int, ...] = (1, 5
     keys = [f"{d}_R@{k}" for d in ("v2t", "t2v") for k in ks] + ["v2t_MedR", "t2v_MedR", "v2t_MeanR", "t2v_MeanR", "pos_sim", "neg_sim"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for dim in dims:
-        cells = [str(dim)] + [_format(metrics[f"dim{dim}/{key}"], key) for key in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    num_visual, num_text = len(encoded["visual"]), len(encoded["text"])
+        lines.append("| " + " | ".join([str(dim)] + [_format(metrics[f"dim{dim}/{key}"], key) for key in keys]) + " |")
     lines.append(
-        f"\n{num_visual} visual items, {num_text} texts. Chance R@1: v2t {100 * _mean_true_texts(encoded) / num_text:.2f} %, "
-        f"t2v {100 * _mean_true_visuals(encoded) / num_visual:.2f} %."
+        f"\n{len(pairs.visual)} visual items, {len(pairs.text)} texts. "
+        f"Chance R@1: {100 / len(pairs.single_side):.2f} % in both directions."
     )
     headline = {key.split("/", 1)[1]: value for key, value in metrics.items() if key.startswith(f"dim{dims[0]}/")}
-    return {"metrics": metrics, "headline": headline, "table": "\n".join(lines)}
+    return RetrievalReport(metrics=metrics, headline=headline, table="\n".join(lines))
 
 
 def _format(value: float, key: str) -> str:
     return f"{value:.3f}" if key.endswith("_sim") else f"{value:.1f}" if "Mean" in key or "R@" in key else f"{value:g}"
-
-
-def _mean_true_texts(encoded: dict) -> float:
-    """Average number of correct texts per visual query (5 for COCO, 1 for sign clips)."""
-    if encoded["text_to_visual"] is not None:
-        return len(encoded["text_to_visual"]) / len(encoded["visual"])
-    return 1.0
-
-
-def _mean_true_visuals(encoded: dict) -> float:
-    """Average number of correct visual items per text query (1 for COCO, clips per sentence for signs)."""
-    if encoded["visual_to_text"] is not None:
-        return len(encoded["visual_to_text"]) / len(encoded["text"])
-    return 1.0
 
 
 def generation_report(predictions: list[str], references: list[str], *, lowercase: bool = True) -> dict:
@@ -142,18 +190,8 @@ def generation_report(predictions: list[str], references: list[str], *, lowercas
       German umlauts). Always case-insensitive. Reported in percent.
 
     Distributed evaluation: BLEU and WER are corpus statistics, so they must NOT be computed per process and
-    averaged. Each process generates for its own shard; gather the decoded strings to every/the main process and
-    call this function ONCE on the full corpus, e.g.::
-
-        predictions = accelerate.utils.gather_object(local_predictions)  # list concatenated in rank order
-        references = accelerate.utils.gather_object(local_references)
-        if accelerator.is_main_process:
-            report = generation_report(predictions, references)
-
-    Gather predictions and references the same way so they stay aligned. A `DistributedSampler` pads the last
-    shard by repeating samples: either gather per batch with `accelerator.gather_for_metrics(strings,
-    use_gather_object=True)` (which drops the padding) or truncate to the dataset length, otherwise repeated
-    sentences are scored twice. Sentence order does not matter for any of the three metrics.
+    averaged. Generate with `map_sharded` (each process takes its share, the strings come back on every process in
+    the order of the inputs) and call this function once on the whole corpus.
 
     Returns `{"metrics": {"WER", "BLEU-4", "ROUGE-L", ...}, "bleu_signature": str, "table": markdown}`; all scores
     are percentages (0-100; WER can exceed 100).
@@ -200,10 +238,12 @@ def generation_report(predictions: list[str], references: list[str], *, lowercas
 
 
 __all__ = [
-    "encode_clips_and_sentences",
-    "encode_in_batches",
+    "EncodedPairs",
+    "RetrievalReport",
+    "encode_pairs",
     "generation_report",
     "load_metric",
+    "map_sharded",
     "retrieval_report",
     "unit_rows",
 ]

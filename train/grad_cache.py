@@ -93,4 +93,23 @@ def average_gradients_across_ranks(parameters) -> None:
         offset += grad.numel()
 
 
-__all__ = ["RandomState", "average_gradients_across_ranks", "feature_cached_backward"]
+def feature_cached_step(
+    accelerator,
+    model: torch.nn.Module,
+    micro_batches: Sequence[dict],
+    encode: Callable[[dict], tuple[torch.Tensor, ...]],
+    compute_loss: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """A training step's gradient over all `micro_batches` as one contrastive batch, under accelerate.
+
+    `encode` must run the unwrapped `model`: the re-encoding passes bypass DDP's gradient hooks (they would
+    synchronise once per micro-batch), so the gradients are averaged over ranks here, once. Returns the loss.
+    """
+    loss = feature_cached_backward(
+        micro_batches, encode, compute_loss, backward=accelerator.backward, autocast=accelerator.autocast
+    )
+    average_gradients_across_ranks(model.parameters())
+    return loss
+
+
+__all__ = ["RandomState", "average_gradients_across_ranks", "feature_cached_backward", "feature_cached_step"]

@@ -9,38 +9,28 @@ text-only baseline (the decoder with its visual input zeroed: what it writes fro
 clip↔sentence retrieval (Ret@1/5/10, median rank, PosSim/NegSim) and collapse diagnostics.
 """
 
-import contextlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
-from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModel
 
-from configuration import SequenceEncoderConfig, Sign2TextConfig
-from hub import build_model_card
+from configuration import Sign2TextConfig
 from modeling import Sign2TextModel, VLPModel
 from processing import PoseAugmentation, Sign2TextProcessor
+from train.arguments import DecoderLoraArguments, SequenceTowerArguments, SignDataArguments, TrainingArguments
 from train.backbones import load_tokenizer, offline_model_dir
-from train.common import (
-    TrainingArguments,
-    arguments_as_dict,
-    create_optimizer_and_scheduler,
-    make_accelerator,
-    parse_arguments,
-    save_final_model,
-    train_loop,
-)
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
-from train.evaluation import encode_clips_and_sentences, generation_report, retrieval_report
+from train.evaluation import encode_pairs, generation_report, map_sharded, retrieval_report
 from train.lora import apply_lora
+from train.runner import EvaluationReport, Task, run
 from train.sign_data import clip_shapes, load_sign_splits, processor_sequence_settings, sequence_inputs
 
 logger = logging.getLogger(__name__)
+
+CHECK_SAMPLE_SIZE = 64
 
 
 @dataclass
@@ -55,40 +45,34 @@ class ModelArguments:
     train_text_encoder: bool = field(default=False, metadata={"help": "Train the text encoder instead of freezing it."})
     init_encoder_from: str | None = field(
         default=None,
-        metadata={"help": "A VLP dual-encoder checkpoint (modality signs) whose sequence tower, and text encoder if it matches, initialise this model."},
+        metadata={
+            "help": "A VLP dual-encoder checkpoint (modality signs) whose sequence tower, and text encoder if it "
+            "matches, initialise this model; the tower's shape then comes from the checkpoint, not the flags."
+        },
     )
-    hidden_size: int = field(default=256, metadata={"help": "Width of the sequence tower and the decoder (the config default is 512; 256 fits a CPU run)."})
-    encoder_layers: int = field(default=3, metadata={"help": "Sequence tower layers."})
-    decoder_layers: int = field(default=3, metadata={"help": "Decoder layers."})
-    num_attention_heads: int = field(default=4, metadata={"help": "Heads in the encoder and decoder."})
-    dropout: float = field(default=0.2, metadata={"help": "Dropout of the sequence tower."})
-    max_frames: int = field(default=128, metadata={"help": "Longest clip; longer ones are resampled (slowed-down augmented views run to ~120 frames)."})
-    use_keypoints: bool = field(default=True, metadata={"help": "Feed pose keypoints."})
-    use_visual_features: bool = field(default=True, metadata={"help": "Feed per-frame visual features."})
+    decoder_layers: int = field(default=3, metadata={"help": "Decoder layers (the decoder is as wide as the sequence tower)."})
     projection_dim: int = field(default=128, metadata={"help": "Size of the contrastive embeddings."})
     generation_weight: float = field(default=2.0, metadata={"help": "Weight of the cross-entropy generation loss."})
     clip_weight: float = field(default=1.0, metadata={"help": "Weight of the clip–sentence CLIP loss (0: off)."})
     supcon_weight: float = field(default=1.0, metadata={"help": "Weight of the clip–clip SupCon loss (0: off)."})
     contrastive_temperature: float = field(default=0.05, metadata={"help": "Temperature of both contrastive losses."})
     memory_size: int = field(default=0, metadata={"help": "Past clip embeddings kept as extra SupCon candidates (MoCo-style queue; 0: off)."})
-    lora_decoder_from_layer: int = field(
-        default=-1, metadata={"help": "LoRA on the decoder layers from this index upward, everything else frozen (-1: off)."}
-    )
-    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (alpha = 2r)."})
+    num_beams: int = field(default=1, metadata={"help": "Beam size for the held-out generations (1: greedy)."})
 
 
 @dataclass
-class DataArguments:
-    dataset: str = field(default="synthetic", metadata={"help": "'synthetic' (embedded, from data_seed) or 'keypoint_table'."})
-    num_train: int = field(default=3000, metadata={"help": "synthetic: training clips."})
-    num_eval: int = field(default=300, metadata={"help": "synthetic: held-out clips, by signers unseen in training."})
-    data_seed: int = field(default=1234, metadata={"help": "synthetic: generator seed."})
-    train_table: str | None = field(default=None, metadata={"help": "keypoint_table: training CSV/TSV with id, sentence."})
-    eval_table: str | None = field(default=None, metadata={"help": "keypoint_table: held-out CSV/TSV."})
-    keypoint_dir: str | None = field(default=None, metadata={"help": "keypoint_table: folder of <id>.npy keypoints."})
-    feature_dir: str | None = field(default=None, metadata={"help": "keypoint_table: folder of <id>.npy frame features."})
+class Sign2TextTowerArguments(SequenceTowerArguments):
+    """The sequence tower with defaults for a ~10-minute CPU run; the config default width is 512."""
+
+    max_frames: int = field(default=128, metadata={"help": "Longest clip; longer ones are resampled (slowed-down augmented views run to ~120 frames)."})
+    sequence_hidden_size: int = field(default=256, metadata={"help": "Width of the sequence tower and of the decoder."})
+    sequence_layers: int = field(default=3, metadata={"help": "Layers of the sequence tower."})
+    sequence_dropout: float = field(default=0.2, metadata={"help": "Dropout of the sequence tower."})
+
+
+@dataclass
+class DataArguments(SignDataArguments):
     augment: bool = field(default=True, metadata={"help": "Train on two augmented views of every clip (SupCon positives)."})
-    num_beams: int = field(default=1, metadata={"help": "Beam size for the held-out generations (1: greedy)."})
 
 
 @dataclass
@@ -111,245 +95,222 @@ class Sign2TextTrainingArguments(TrainingArguments):
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for generation and retrieval."})
 
 
-def build_model(model_args: ModelArguments, tokenizer, train_set) -> Sign2TextModel:
-    """The model for `model_args`: input shapes from the training clips, the decoder's vocabulary and special tokens
-    from `tokenizer`."""
-    text_path = model_args.text_model_name_or_path or str(offline_model_dir())
-    shapes = clip_shapes(train_set, model_args.use_visual_features)
-    sequence_config = SequenceEncoderConfig(
-        use_keypoints=model_args.use_keypoints,
-        use_visual_features=model_args.use_visual_features,
-        max_frames=model_args.max_frames,
-        hidden_size=model_args.hidden_size,
-        num_hidden_layers=model_args.encoder_layers,
-        num_attention_heads=model_args.num_attention_heads,
-        intermediate_size=4 * model_args.hidden_size,
-        dropout=model_args.dropout,
-        **shapes,
-    )
-    vlp = None
-    if model_args.init_encoder_from:
-        vlp = VLPModel.from_pretrained(model_args.init_encoder_from)
-        if vlp.sequence_encoder is None:
-            raise ValueError(f"{model_args.init_encoder_from} has no sequence tower; train it with --modality signs.")
-        sequence_config = vlp.config.sequence_config  # the tower is reused whole, so its shape comes with it
-        mismatched = {name: (getattr(sequence_config, name), size) for name, size in shapes.items() if getattr(sequence_config, name) != size}
-        if mismatched:
-            raise ValueError(
-                f"{model_args.init_encoder_from} was trained on clips of other shapes than these (checkpoint, data): "
-                f"{mismatched}; pretrain it on the same keypoint layout."
-            )
-    special = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
-    if None in special.values():
-        raise ValueError(f"The decoder needs a tokenizer with [PAD], [CLS] and [SEP] tokens (BERT family); got {special}.")
-    config = Sign2TextConfig(
-        sequence_config=sequence_config,
-        text_config=AutoConfig.from_pretrained(text_path),
-        decoder_layers=model_args.decoder_layers,
-        decoder_attention_heads=sequence_config.num_attention_heads,
-        decoder_ffn_dim=4 * sequence_config.hidden_size,
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        decoder_start_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        projection_dim=model_args.projection_dim,
-        freeze_text_encoder=not model_args.train_text_encoder,
-        generation_weight=model_args.generation_weight,
-        clip_weight=model_args.clip_weight,
-        supcon_weight=model_args.supcon_weight,
-        contrastive_temperature=model_args.contrastive_temperature,
-        memory_size=model_args.memory_size,
-    )
-    model = Sign2TextModel(config)
-    model.text_model.load_state_dict(AutoModel.from_pretrained(text_path).state_dict())
-    if vlp is not None:
-        model.encoder.sequence_encoder.load_state_dict(vlp.sequence_encoder.state_dict())
-        if vlp.text_model.state_dict().keys() == model.text_model.state_dict().keys() and all(
-            a.shape == b.shape for a, b in zip(vlp.text_model.state_dict().values(), model.text_model.state_dict().values())
-        ):
-            model.text_model.load_state_dict(vlp.text_model.state_dict())
-            logger.info("Initialised the sequence tower and the text encoder from %s", model_args.init_encoder_from)
-        else:
-            logger.info("Initialised the sequence tower from %s (its text encoder differs)", model_args.init_encoder_from)
-    if model_args.lora_decoder_from_layer >= 0:
-        model = apply_lora(
-            model, {}, first_layer={"decoder": model_args.lora_decoder_from_layer}, r=model_args.lora_rank, alpha=2 * model_args.lora_rank
+class EmbeddingMemoryState:
+    """The SupCon queue as a checkpointable object: its buffers are training state, not model weights, so
+    `save_pretrained` leaves them out, but a resumed run must continue with the same queue."""
+
+    def __init__(self, memory):
+        self.memory = memory
+
+    def state_dict(self) -> dict:
+        memory = self.memory
+        return {"embeds": memory.embeds.cpu(), "group_ids": memory.group_ids.cpu(), "next_slot": memory.next_slot, "num_filled": memory.num_filled}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory.embeds.copy_(state["embeds"])
+        self.memory.group_ids.copy_(state["group_ids"])
+        self.memory.next_slot, self.memory.num_filled = state["next_slot"], state["num_filled"]
+
+
+class Sign2TextTask(Task):
+    name = "sign2text"
+    argument_groups = (ModelArguments, Sign2TextTowerArguments, DecoderLoraArguments, DataArguments, Sign2TextTrainingArguments)
+
+    def __init__(self, model_args, tower_args, lora_args, data_args, training_args):
+        super().__init__(model_args, tower_args, lora_args, data_args, training_args)
+        self.model_args, self.tower_args, self.lora_args, self.data_args = model_args, tower_args, lora_args, data_args
+        self.monitor = CollapseMonitor(logger=logger)
+        self.augmentation = PoseAugmentation()
+
+    def load_splits(self):
+        train_set, eval_set = load_sign_splits(self.data_args)
+        self.eval_examples = list(eval_set)
+        return train_set, eval_set
+
+    def build_model(self, train_set) -> Sign2TextModel:
+        """Input shapes from the training clips, the decoder's vocabulary and special tokens from the tokenizer."""
+        args = self.model_args
+        text_path = args.text_model_name_or_path or str(offline_model_dir())
+        tokenizer = load_tokenizer(args.text_model_name_or_path)
+        shapes = clip_shapes(train_set, self.tower_args.use_visual_features)
+        sequence_config = self.tower_args.sequence_config(shapes)
+        vlp = None
+        if args.init_encoder_from:
+            vlp = VLPModel.from_pretrained(args.init_encoder_from)
+            if vlp.sequence_encoder is None:
+                raise ValueError(f"{args.init_encoder_from} has no sequence tower; train it with --modality signs.")
+            sequence_config = vlp.config.sequence_config  # the tower is reused whole, so its shape comes with it
+            mismatched = {name: (getattr(sequence_config, name), size) for name, size in shapes.items() if getattr(sequence_config, name) != size}
+            if mismatched:
+                raise ValueError(
+                    f"{args.init_encoder_from} was trained on clips of other shapes than these (checkpoint, data): "
+                    f"{mismatched}; pretrain it on the same keypoint layout."
+                )
+            overridden = self.tower_args.differences_from(sequence_config)
+            if overridden:
+                logger.warning(
+                    "--init_encoder_from %s sets the sequence tower, so these flags are replaced by the checkpoint's "
+                    "values: %s",
+                    args.init_encoder_from,
+                    ", ".join(f"--{flag} {ours} → {theirs}" for flag, (ours, theirs) in overridden.items()),
+                )
+        special = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
+        if None in special.values():
+            raise ValueError(f"The decoder needs a tokenizer with [PAD], [CLS] and [SEP] tokens (BERT family); got {special}.")
+        config = Sign2TextConfig(
+            sequence_config=sequence_config,
+            text_config=AutoConfig.from_pretrained(text_path),
+            decoder_layers=args.decoder_layers,
+            decoder_attention_heads=sequence_config.num_attention_heads,
+            decoder_ffn_dim=4 * sequence_config.hidden_size,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            decoder_start_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            projection_dim=args.projection_dim,
+            freeze_text_encoder=not args.train_text_encoder,
+            generation_weight=args.generation_weight,
+            clip_weight=args.clip_weight,
+            supcon_weight=args.supcon_weight,
+            contrastive_temperature=args.contrastive_temperature,
+            memory_size=args.memory_size,
         )
-    return model
+        model = Sign2TextModel(config)
+        model.text_model.load_state_dict(AutoModel.from_pretrained(text_path).state_dict())
+        if vlp is not None:
+            self._initialise_from_vlp(model, vlp)
+        if self.lora_args.lora_decoder_from_layer >= 0:
+            rank = self.lora_args.lora_rank
+            model = apply_lora(model, {}, first_layer={"decoder": self.lora_args.lora_decoder_from_layer}, r=rank, alpha=2 * rank)
+        return model
 
+    def _initialise_from_vlp(self, model: Sign2TextModel, vlp: VLPModel) -> None:
+        model.encoder.sequence_encoder.load_state_dict(vlp.sequence_encoder.state_dict())
+        ours, theirs = model.text_model.state_dict(), vlp.text_model.state_dict()
+        if ours.keys() == theirs.keys() and all(a.shape == b.shape for a, b in zip(ours.values(), theirs.values())):
+            model.text_model.load_state_dict(theirs)
+            logger.info("Initialised the sequence tower and the text encoder from %s", self.model_args.init_encoder_from)
+        else:
+            logger.info("Initialised the sequence tower from %s (its text encoder differs)", self.model_args.init_encoder_from)
 
-def make_train_collator(processor: Sign2TextProcessor, sequence_config: SequenceEncoderConfig, augment: bool, seed: int):
-    """With `augment`, every clip appears as two augmented views sharing its sentence id: the SupCon positives that
-    a batch needs even when no other clip of the same sentence was drawn."""
-    augmentation, rng = PoseAugmentation(), np.random.default_rng(seed)
+    def build_processor(self, model) -> Sign2TextProcessor:
+        self.model_config = model.config
+        return Sign2TextProcessor(
+            tokenizer=load_tokenizer(self.model_args.text_model_name_or_path),
+            max_target_length=model.config.max_target_length,
+            missing_keypoints="mask",  # augmentation marks dropped keypoints as missing
+            **processor_sequence_settings(model.config.sequence_config),
+        )
 
-    def collate(examples: list[dict]) -> dict:
-        if augment:
+    def collate(self, examples, rngs) -> dict:
+        """With `--augment`, every clip appears as two augmented views sharing its sentence id: the SupCon positives
+        that a batch needs even when no other clip of the same sentence was drawn."""
+        if self.data_args.augment:
             views = []
-            for example in examples:
+            for example, rng in zip(examples, rngs):
+                features = example.get("features")
                 for _ in range(2):
-                    features = example.get("features")
-                    keypoints, features = augmentation(
+                    keypoints, view_features = self.augmentation(
                         np.asarray(example["keypoints"], dtype=np.float32),
                         None if features is None else np.asarray(features, dtype=np.float32),
                         rng=rng,
                     )
-                    views.append({**example, "keypoints": keypoints, "features": features})
+                    views.append({**example, "keypoints": keypoints, "features": view_features})
             examples = views
-        batch = processor(text=[example["sentence"] for example in examples], **sequence_inputs(examples, sequence_config))
+        sequence = self.model_config.sequence_config
+        batch = self.processor(text=[example["sentence"] for example in examples], **sequence_inputs(examples, sequence))
         batch["sentence_ids"] = torch.tensor([example["sentence_id"] for example in examples])
         return dict(batch)
 
-    return collate
+    def checkpoint_state(self, model) -> list:
+        memory = getattr(model, "memory", None)
+        return [] if memory is None else [EmbeddingMemoryState(memory)]
 
-
-@torch.no_grad()
-def generate_for(model: Sign2TextModel, processor, examples: list[dict], batch_size: int, num_beams: int, device, zero_visual: bool = False) -> list[str]:
-    """Greedy (or beam) generations for `examples`; `zero_visual` blanks every clip for the text-only baseline."""
-    predictions = []
-    for start in range(0, len(examples), batch_size):
-        inputs = processor(**sequence_inputs(examples[start : start + batch_size], model.config.sequence_config)).to(device)
+    def _generate(self, model, examples: list[dict], num_beams: int = 1, zero_visual: bool = False) -> list[str]:
+        """Generations for a batch of clips; `zero_visual` blanks every clip for the text-only baseline."""
+        inputs = self.processor(**sequence_inputs(examples, model.config.sequence_config)).to(self.accelerator.device)
         if zero_visual:
             inputs = {name: value if name == "frame_mask" else torch.zeros_like(value) for name, value in inputs.items()}
-        tokens = model.generate(**inputs, num_beams=num_beams, do_sample=False)
-        predictions += processor.batch_decode(tokens)
-    return predictions
+        return self.processor.batch_decode(model.generate(**inputs, num_beams=num_beams, do_sample=False))
 
+    def _encode(self, model, clips, sharded: bool):
+        device = self.accelerator.device
 
-def encode_for_retrieval(model: Sign2TextModel, processor, clips, batch_size: int, device) -> dict:
-    """Clip embeddings, embeddings of the distinct sentences, and each clip's sentence (several clips per sentence)."""
+        def encode_clips(examples: list[dict]) -> torch.Tensor:
+            return model.get_visual_features(**self.processor(**sequence_inputs(examples, model.config.sequence_config)).to(device))
 
-    def encode_clips(examples: list[dict]) -> torch.Tensor:
-        return model.get_visual_features(**processor(**sequence_inputs(examples, model.config.sequence_config)).to(device))
+        def encode_sentences(sentences: list[str]) -> torch.Tensor:
+            inputs = self.processor(text=sentences).to(device)
+            return model.get_text_features(inputs["text_input_ids"], inputs["text_attention_mask"])
 
-    def encode_sentences(sentences: list[str]) -> torch.Tensor:
-        inputs = processor(text=sentences).to(device)
-        return model.get_text_features(inputs["text_input_ids"], inputs["text_attention_mask"])
+        accelerator = self.accelerator if sharded else None
+        return encode_pairs(accelerator, clips, encode_clips, encode_sentences, self.training_args.eval_batch_size)
 
-    return encode_clips_and_sentences(clips, encode_clips, encode_sentences, batch_size)
+    def periodic_check(self, model, step: int) -> dict[str, float]:
+        """Embedding and generation collapse on a fixed sample of held-out clips."""
+        sample = self.eval_examples[:CHECK_SAMPLE_SIZE]
+        return CollapseCallback(
+            self.monitor,
+            embed=lambda: embedding_check_arguments(self._encode(model, sample, sharded=False)),
+            generate=lambda: (self._generate(model, sample), [example["sentence"] for example in sample]),
+        )(step)
 
-
-def main() -> None:
-    model_args, data_args, train_args = parse_arguments(ModelArguments, DataArguments, Sign2TextTrainingArguments)
-    accelerator = make_accelerator(train_args, "sign2text", arguments_as_dict(model_args, data_args, train_args))
-
-    train_set, eval_set = load_sign_splits(data_args)
-    tokenizer = load_tokenizer(model_args.text_model_name_or_path)
-    model = build_model(model_args, tokenizer, train_set)
-    sequence = model.config.sequence_config
-    processor = Sign2TextProcessor(
-        tokenizer=tokenizer,
-        max_target_length=model.config.max_target_length,
-        missing_keypoints="mask",  # augmentation marks dropped keypoints as missing
-        **processor_sequence_settings(sequence),
-    )
-    logger.info(
-        "Sign2Text: %d train / %d eval clips, %.2fM trainable parameters",
-        len(train_set),
-        len(eval_set),
-        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-    )
-    dataloader = DataLoader(
-        train_set,
-        batch_size=train_args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        collate_fn=make_train_collator(processor, sequence, data_args.augment, train_args.seed),
-    )
-    optimizer, scheduler = create_optimizer_and_scheduler(model, train_args)
-    model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-
-    def train_step(micro_batches: list[dict]) -> dict[str, float]:
-        """Plain accumulation (each micro-batch's contrastive terms see only its own negatives); ranks synchronise
-        gradients once, on the last micro-batch."""
-        logs: dict[str, float] = {}
-        for index, batch in enumerate(micro_batches):
-            is_last = index == len(micro_batches) - 1
-            with contextlib.nullcontext() if is_last else accelerator.no_sync(model):
-                outputs = model(**batch)
-                accelerator.backward(outputs.loss / len(micro_batches))
-            for name in ("loss", "generation_loss", "clip_loss", "supcon_loss"):
-                value = getattr(outputs, name)
-                if value is not None:
-                    logs[name] = logs.get(name, 0.0) + value.item() / len(micro_batches)
-        return logs
-
-    examples = list(eval_set)
-    check_sample = examples[:64]
-    monitor = CollapseMonitor(logger=logger)
-    collapse_callback = CollapseCallback(
-        monitor,
-        embed=lambda: embedding_check_arguments(
-            encode_for_retrieval(unwrapped, processor, check_sample, train_args.eval_batch_size, accelerator.device)
-        ),
-        generate=lambda: (
-            generate_for(unwrapped, processor, check_sample, train_args.eval_batch_size, 1, accelerator.device),
-            [example["sentence"] for example in check_sample],
-        ),
-    )
-    history = train_loop(
-        accelerator, model, optimizer, scheduler, dataloader, train_args, train_step, periodic_check=collapse_callback
-    )
-
-    # Every process generates for its share of the held-out clips; the corpus metrics are computed once on all of them.
-    with accelerator.split_between_processes(list(range(len(examples)))) as shard:
-        mine = [examples[i] for i in shard]
-        predictions = generate_for(unwrapped, processor, mine, train_args.eval_batch_size, data_args.num_beams, accelerator.device)
-        baseline = generate_for(unwrapped, processor, mine, train_args.eval_batch_size, 1, accelerator.device, zero_visual=True)
-    predictions, baseline = gather_object(predictions), gather_object(baseline)
-
-    if accelerator.is_main_process:
-        output_dir = Path(train_args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+    def evaluate(self, model, eval_set) -> EvaluationReport | None:
+        """Generation (and the text-only baseline) sharded over processes, corpus metrics once on all of it;
+        retrieval between clips and their sentences."""
+        examples, batch_size = self.eval_examples, self.training_args.eval_batch_size
+        num_beams = self.model_args.num_beams
+        predictions = map_sharded(self.accelerator, examples, lambda batch: self._generate(model, batch, num_beams), batch_size)
+        baseline = map_sharded(self.accelerator, examples, lambda batch: self._generate(model, batch, zero_visual=True), batch_size)
+        pairs = self._encode(model, examples, sharded=True)
+        if not self.accelerator.is_main_process:
+            return None
         references = [example["sentence"] for example in examples]
-        report = generation_report(predictions, references)
-        baseline_report = generation_report(baseline, references)
-        encoded = encode_for_retrieval(unwrapped, processor, examples, train_args.eval_batch_size, accelerator.device)
-        retrieval = retrieval_report(encoded, [unwrapped.config.projection_dim])
-        monitor.check_embeddings(**embedding_check_arguments(encoded))
-        diversity = monitor.check_generations(predictions, references)
-
+        report, baseline_report = generation_report(predictions, references), generation_report(baseline, references)
+        retrieval = retrieval_report(pairs, [model.config.projection_dim])
+        self.monitor.check_embeddings(**embedding_check_arguments(pairs, retrieval))
+        diversity = self.monitor.check_generations(predictions, references)
         metrics = {
             **report["metrics"],
             **{f"text_only_{name}": value for name, value in baseline_report["metrics"].items()},
-            **retrieval["headline"],
+            **retrieval.headline,
             "distinct_outputs": diversity["distinct_output_share"],
         }
         tables = (
             f"### Generation ({len(references)} held-out clips, signers unseen in training)\n\n{report['table']}\n\n"
             f"### Text-only baseline (same decoder, visual input zeroed)\n\n{baseline_report['table']}\n\n"
-            f"### Clip ↔ sentence retrieval\n\n{retrieval['table']}\n\n"
+            f"### Clip ↔ sentence retrieval\n\n{retrieval.table}\n\n"
             "### Examples\n\n| reference | generated |\n|---|---|\n"
             + "\n".join(f"| {ref} | {pred} |" for ref, pred in list(zip(references, predictions))[:8])
         )
-        print(tables)
-        accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=train_args.max_train_steps)
-        (output_dir / "eval_results.json").write_text(
-            json.dumps({"metrics": metrics, "examples": list(zip(references, predictions)), "train_history": history}, indent=2)
+        headline_names = ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim")
+        return EvaluationReport(
+            metrics=metrics,
+            headline={name: metrics[name] for name in headline_names},
+            tables=tables,
+            examples=list(zip(references, predictions)),
         )
-        card = build_model_card(
-            model_id=output_dir.name,
+
+    def card_fields(self, report: EvaluationReport) -> dict:
+        args, config = self.model_args, self.model_config
+        return dict(
+            model_id=Path(self.training_args.output_dir).name,
             title="Sign2Text (pose → sentence)",
             summary=(
-                f"A {sequence.num_hidden_layers}-layer sequence tower over pose keypoints and frame features with a "
-                f"{unwrapped.config.decoder_layers}-layer decoder, trained {train_args.max_train_steps} steps with "
-                f"losses generation×{model_args.generation_weight:g} + CLIP×{model_args.clip_weight:g} + "
-                f"SupCon×{model_args.supcon_weight:g} on {data_args.dataset} sign clips."
+                f"A {config.sequence_config.num_hidden_layers}-layer sequence tower over pose keypoints and frame "
+                f"features with a {config.decoder_layers}-layer decoder, trained {self.training_args.max_train_steps} "
+                f"steps with losses generation×{args.generation_weight:g} + CLIP×{args.clip_weight:g} + "
+                f"SupCon×{args.supcon_weight:g} on {self.data_args.dataset} sign clips."
             ),
-            body_markdown=tables,
-            results={name: metrics[name] for name in ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim")},
             metric_types={"WER": "wer", "BLEU-4": "bleu", "ROUGE-L": "rouge", "text_only_WER": "wer"},
             task_type="translation",
             task_name="Sign language translation",
-            dataset_name=f"{data_args.dataset} sign clips",
-            dataset_type=f"{data_args.dataset}-sign-clips",
+            dataset_name=f"{self.data_args.dataset} sign clips",
+            dataset_type=f"{self.data_args.dataset}-sign-clips",
             tags=["sign-language", "pose", "encoder-decoder", "contrastive"],
         )
-        save_final_model(unwrapped, processor, train_args, card)
-    accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    run(Sign2TextTask)
