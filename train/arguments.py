@@ -139,12 +139,14 @@ class DecoderLoraArguments(LoraArguments):
     )
 
 
-def parse_arguments(*dataclass_types) -> tuple:
-    """Parse the command line (or a single .json file) into the given dataclasses; `--help` lists every field."""
+def parse_arguments(*dataclass_types, argv: list[str] | None = None) -> tuple:
+    """Parse `argv` (default: the command line), or a single .json file, into the given dataclasses; `--help` lists
+    every field."""
+    argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser(dataclass_types)
-    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
-        return parser.parse_json_file(json_file=sys.argv[1])
-    return parser.parse_args_into_dataclasses()
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
 
 
 def arguments_as_dict(*groups) -> dict:

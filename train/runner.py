@@ -144,9 +144,10 @@ def _endless_micro_batches(accelerator: Accelerator, dataloader, rows: SeededRow
         epoch, skip = epoch + 1, 0
 
 
-def run(task_class: type[Task]) -> None:
-    """Train, evaluate and save the model of `task_class` as the command line asks."""
-    task = task_class(*parse_arguments(*task_class.argument_groups))
+def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
+    """Train, evaluate and save the model of `task_class` as `argv` (default: the command line) asks; returns the
+    final folder. One task may run another first (the RAG captioner trains its retriever this way)."""
+    task = task_class(*parse_arguments(*task_class.argument_groups, argv=argv))
     args = task.training_args
     accelerator = make_accelerator(args, task.name, task.hyperparameters)
     task.accelerator = accelerator
@@ -233,7 +234,9 @@ def run(task_class: type[Task]) -> None:
         task.save_plots(report, output_dir / "plots")
         card = build_model_card(**{"body_markdown": report.tables, "results": report.headline, **task.card_fields(report)})
         save_final_model(unwrapped, task.processor, args, card)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
+    return Path(args.output_dir, "final")
 
 
 __all__ = ["EvaluationReport", "SeededRows", "Task", "run"]
