@@ -37,22 +37,32 @@ def clip_loss(
     text_embeds: torch.Tensor,
     logit_scale: torch.Tensor,
     group_ids: torch.Tensor | None = None,
+    *,
+    all_visual_embeds: torch.Tensor | None = None,
+    all_text_embeds: torch.Tensor | None = None,
+    all_group_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE on L2-normalised embeddings; `logit_scale` is the log temperature.
 
     `group_ids` marks rows that share one text (several clips of a sentence, two views of a clip): their columns are
     all correct answers, with the target probability spread evenly over them, instead of false negatives.
 
+    The columns are the embeddings of all ranks, in rank order. A caller that scores several views of the same
+    features (Matryoshka prefixes) gathers them once with `gather_with_grad` and passes `all_*`; each one left out is
+    gathered here from its local counterpart.
+
     Returns `(loss, logits_per_visual, logits_per_text)` for the local rows against all gathered columns.
     """
-    all_visual, all_text = gather_with_grad(visual_embeds), gather_with_grad(text_embeds)
+    all_visual = gather_with_grad(visual_embeds) if all_visual_embeds is None else all_visual_embeds
+    all_text = gather_with_grad(text_embeds) if all_text_embeds is None else all_text_embeds
     scale = logit_scale.exp()
     logits_per_visual = scale * visual_embeds @ all_text.T
     logits_per_text = scale * text_embeds @ all_visual.T
     if group_ids is None:
         targets = _local_labels(visual_embeds.shape[0], visual_embeds.device)
     else:
-        same_group = (group_ids[:, None] == gather_with_grad(group_ids)[None, :]).to(logits_per_visual.dtype)
+        all_groups = gather_with_grad(group_ids) if all_group_ids is None else all_group_ids
+        same_group = (group_ids[:, None] == all_groups[None, :]).to(logits_per_visual.dtype)
         targets = same_group / same_group.sum(dim=1, keepdim=True)
     loss = (
         nn.functional.cross_entropy(logits_per_visual, targets) + nn.functional.cross_entropy(logits_per_text, targets)
@@ -66,13 +76,19 @@ def siglip_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor,
     group_ids: torch.Tensor | None = None,
+    *,
+    all_visual_embeds: torch.Tensor | None = None,
+    all_text_embeds: torch.Tensor | None = None,
+    all_group_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SigLIP's pairwise sigmoid loss: every (visual, text) pair is an independent binary decision.
 
     With `group_ids`, every pair within a group is a positive (as in `clip_loss`). Normalised by the local batch size
-    as in the paper, so the mean over ranks is the global-batch loss.
+    as in the paper, so the mean over ranks is the global-batch loss. `all_*` are pre-gathered columns, as in
+    `clip_loss`.
     """
-    all_text, all_visual = gather_with_grad(text_embeds), gather_with_grad(visual_embeds)
+    all_visual = gather_with_grad(visual_embeds) if all_visual_embeds is None else all_visual_embeds
+    all_text = gather_with_grad(text_embeds) if all_text_embeds is None else all_text_embeds
     scale = logit_scale.exp()
     logits_per_visual = scale * visual_embeds @ all_text.T + logit_bias
     logits_per_text = scale * text_embeds @ all_visual.T + logit_bias
@@ -81,7 +97,8 @@ def siglip_loss(
         is_positive = torch.zeros_like(logits_per_visual, dtype=torch.bool)
         is_positive[torch.arange(labels.shape[0], device=labels.device), labels] = True
     else:
-        is_positive = group_ids[:, None] == gather_with_grad(group_ids)[None, :]
+        all_groups = gather_with_grad(group_ids) if all_group_ids is None else all_group_ids
+        is_positive = group_ids[:, None] == all_groups[None, :]
     signs = is_positive.to(logits_per_visual.dtype) * 2 - 1
     loss = -nn.functional.logsigmoid(signs * logits_per_visual).sum() / visual_embeds.shape[0]
     return loss, logits_per_visual, logits_per_text

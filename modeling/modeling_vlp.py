@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 
 from configuration.configuration_sequence import SequenceEncoderConfig
 from configuration.configuration_vlp import VLPConfig
-from .modeling_contrastive import clip_loss, siglip_loss
+from .modeling_contrastive import clip_loss, gather_with_grad, siglip_loss
 from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import MatryoshkaProjection, matryoshka_prefixes
 from .modeling_pooling import build_pooling_head, init_pooling_weights, masked_mean
@@ -26,13 +26,13 @@ from .modeling_sequence import SequenceEncoder
 @dataclass
 class VLPOutput(ModelOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*):
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss` is true):
         Contrastive loss averaged over the Matryoshka dimensions with `config.matryoshka_weights`.
-    matryoshka_losses (`torch.FloatTensor` of shape `(len(config.matryoshka_dims),)`, *optional*):
+    matryoshka_losses (`torch.FloatTensor` of shape `(len(config.matryoshka_dims),)`, *optional*, with `loss`):
         The loss at each Matryoshka dimension, largest first.
     logits_per_visual (`torch.FloatTensor` of shape `(visual_batch, text_batch)`):
-        Scaled similarities at the full dimension (plus the bias for SigLIP). Under data parallelism the columns
-        cover the texts of all ranks.
+        Scaled similarities at the full dimension (plus the bias for SigLIP). With `return_loss` under data
+        parallelism the columns cover the texts of all ranks (what the loss scores); otherwise only the local ones.
     logits_per_text (`torch.FloatTensor` of shape `(text_batch, visual_batch)`):
         The same seen from the texts.
     visual_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
@@ -163,6 +163,9 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         """Matryoshka contrastive loss on unnormalised features; rows with the same `sentence_ids` entry share one
         text, so they are positives of each other rather than negatives.
 
+        Under data parallelism the features and ids of all ranks are gathered once (with gradient) and every
+        Matryoshka dimension slices and re-normalises those columns: one collective per input, not one per dimension.
+
         Returns `(loss, per-dimension losses, logits_per_visual, logits_per_text)`, logits at the full dimension.
         Kept separate from `forward` so that feature-caching accumulation can call it on a cached batch.
         """
@@ -172,19 +175,24 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
                 "loss pairs row i with row i, so pass one caption per visual input."
             )
         dims, weights = self.config.matryoshka_dims, self.config.matryoshka_weights
+        all_visual_features, all_text_features = gather_with_grad(visual_features), gather_with_grad(text_features)
+        all_sentence_ids = None if sentence_ids is None else gather_with_grad(sentence_ids)
         visual, text = matryoshka_prefixes(visual_features, dims), matryoshka_prefixes(text_features, dims)
+        all_visual = matryoshka_prefixes(all_visual_features, dims)
+        all_text = matryoshka_prefixes(all_text_features, dims)
         losses, full_logits = [], None
         for dim in dims:
+            columns = dict(
+                all_visual_embeds=all_visual[dim], all_text_embeds=all_text[dim], all_group_ids=all_sentence_ids
+            )
             if self.config.loss_type == "clip":
-                loss, logits_per_visual, logits_per_text = clip_loss(
-                    visual[dim], text[dim], self.logit_scale, group_ids=sentence_ids
-                )
+                loss, *logits = clip_loss(visual[dim], text[dim], self.logit_scale, sentence_ids, **columns)
             else:
-                loss, logits_per_visual, logits_per_text = siglip_loss(
-                    visual[dim], text[dim], self.logit_scale, self.logit_bias, group_ids=sentence_ids
+                loss, *logits = siglip_loss(
+                    visual[dim], text[dim], self.logit_scale, self.logit_bias, sentence_ids, **columns
                 )
             losses.append(loss)
-            full_logits = full_logits or (logits_per_visual, logits_per_text)
+            full_logits = full_logits or logits  # dims are sorted largest first
         losses = torch.stack(losses)
         weights = losses.new_tensor(weights)
         return (losses * weights).sum() / weights.sum(), losses, *full_logits
@@ -203,34 +211,47 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         frame_features: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
         sentence_ids: torch.Tensor | None = None,
-        return_loss: bool = True,
+        return_loss: bool | None = None,
         **kwargs,
     ) -> VLPOutput:
         r"""
         Args:
-            input_ids, attention_mask: tokenised captions, one per visual input.
+            input_ids, attention_mask: tokenised captions.
             pixel_values: `(batch, 3, height, width)` images, for a model with an image tower.
             keypoints: `(batch, frames, num_keypoints, keypoint_dim)` pose sequences, for a sequence tower.
             frame_features: `(batch, frames, feature_dim)` per-frame visual features, for a sequence tower.
             frame_mask: `(batch, frames)`, 1 for real frames.
-            sentence_ids: `(batch,)` ids of the captions' texts; rows with equal ids (two clips of one sentence, two
-                images captioned alike) count as matches, not negatives. Ids must be the same on every rank.
-            return_loss: compute the contrastive loss.
+            sentence_ids: `(batch,)` ids of the captions' texts, used by the loss; rows with equal ids (two clips of
+                one sentence, two images captioned alike) count as matches, not negatives. Ids must be the same on
+                every rank.
+            return_loss: compute the contrastive loss (one caption per visual input). Under data parallelism this
+                gathers every rank's embeddings, so all ranks must call it together. Without it, as in
+                `transformers.CLIPModel`, the logits score the local visual inputs against the local texts and no
+                collective runs, so one rank may evaluate alone.
         """
         if input_ids is None:
             raise ValueError("forward needs input_ids (tokenised captions); use get_visual_features for one side.")
         visual_features = self.get_visual_features(pixel_values, keypoints, frame_features, frame_mask)
         text_features = self.get_text_features(input_ids, attention_mask)
-        loss, matryoshka_losses, logits_per_visual, logits_per_text = self.contrastive_loss(
-            visual_features, text_features, sentence_ids
-        )
+        visual_embeds = nn.functional.normalize(visual_features, dim=-1)
+        text_embeds = nn.functional.normalize(text_features, dim=-1)
+        loss = matryoshka_losses = None
+        if return_loss:
+            loss, matryoshka_losses, logits_per_visual, logits_per_text = self.contrastive_loss(
+                visual_features, text_features, sentence_ids
+            )
+        else:
+            logits_per_visual = self.logit_scale.exp() * visual_embeds @ text_embeds.T
+            if self.config.loss_type == "siglip":
+                logits_per_visual = logits_per_visual + self.logit_bias
+            logits_per_text = logits_per_visual.T
         return VLPOutput(
-            loss=loss if return_loss else None,
-            matryoshka_losses=matryoshka_losses if return_loss else None,
+            loss=loss,
+            matryoshka_losses=matryoshka_losses,
             logits_per_visual=logits_per_visual,
             logits_per_text=logits_per_text,
-            visual_embeds=nn.functional.normalize(visual_features, dim=-1),
-            text_embeds=nn.functional.normalize(text_features, dim=-1),
+            visual_embeds=visual_embeds,
+            text_embeds=text_embeds,
         )
 
 

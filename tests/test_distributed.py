@@ -1,6 +1,7 @@
 """Two CPU processes must compute the same contrastive loss and gradient as one process on the whole batch:
 every rank's samples are negatives for every other (all-gather with gradient), for the plain DDP step and for
-feature-cached accumulation."""
+feature-cached accumulation. The Matryoshka loss gathers each input once, not once per dimension, and `forward`
+without `return_loss` runs no collective, so one rank can evaluate alone."""
 
 import os
 import socket
@@ -57,3 +58,18 @@ def test_cached_accumulation_equals_plain_step_in_one_process(runs):
     torch.testing.assert_close(cached["loss"], plain["loss"], rtol=1e-10, atol=1e-12)
     for name, grad in plain["grads"].items():
         torch.testing.assert_close(cached["grads"][name], grad, rtol=1e-8, atol=1e-10, msg=lambda m: f"{name}: {m}")
+
+
+def test_forward_without_return_loss_runs_on_one_rank_while_the_other_waits_outside_any_collective(runs):
+    assert runs["two"]["rank0_alone"] == "ok"
+
+
+@pytest.mark.parametrize("loss_type", ["clip", "siglip"])
+def test_matryoshka_loss_gathers_each_input_once_and_equals_the_per_dimension_computation(runs, loss_type):
+    """4 dimensions with sentence ids: 3 all-gathers (visual, text, ids) instead of 3 per dimension."""
+    for rank, results in enumerate(runs["two"]["matryoshka"]):
+        once, per_dimension = results[f"{loss_type}/gathered_once"], results[f"{loss_type}/per_dimension"]
+        assert (once["all_gathers"], per_dimension["all_gathers"]) == (3, 12), f"rank {rank}"
+        torch.testing.assert_close(once["loss"], per_dimension["loss"], rtol=1e-12, atol=1e-14)
+        for name, grad in per_dimension["grads"].items():
+            torch.testing.assert_close(once["grads"][name], grad, rtol=1e-10, atol=1e-12, msg=lambda m: f"{name}: {m}")

@@ -8,6 +8,7 @@ from transformers import BertModel, CLIPModel, CLIPConfig, CLIPVisionModel
 from conftest import tiny_vlp_config
 from configuration import SequenceEncoderConfig, VLPConfig
 from modeling import VLPModel
+from modeling import modeling_contrastive
 from modeling.modeling_contrastive import EmbeddingMemory, clip_loss, siglip_loss, supervised_contrastive_loss
 from modeling.modeling_pooling import PERCEIVER_LATENT_INIT_STD
 from train.backbones import tiny_text_config, tiny_vision_config
@@ -54,13 +55,64 @@ def test_forward_output_and_initial_parameters():
     model = VLPModel(tiny_vlp_config())
     batch = sequence_batch()
     batch["pixel_values"] = torch.randn(8, 3, 32, 32)
-    out = model(**batch)
+    out = model(**batch, return_loss=True)
     assert out.loss.ndim == 0 and out.matryoshka_losses.shape == (3,)
-    assert out.logits_per_visual.shape == (8, 8) and torch.allclose(out.logits_per_text, out.logits_per_visual.T)
+    assert out.logits_per_visual.shape == (8, 8)
+    torch.testing.assert_close(out.logits_per_text, out.logits_per_visual.T)  # two matmuls: equal up to rounding
     assert torch.allclose(out.visual_embeds.norm(dim=-1), torch.ones(8), atol=1e-5)
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     # the loss is the weight-normalised mean of the per-dimension losses
     assert out.loss.item() == pytest.approx(out.matryoshka_losses.mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["clip", "siglip"])
+def test_forward_computes_the_loss_only_when_asked_and_otherwise_scores_local_pairs(loss_type):
+    """As in `transformers.CLIPModel`: no `return_loss`, no loss; the logits are this batch's visual x text scores,
+    which need not pair up one to one."""
+    model = VLPModel(tiny_vlp_config(vision_config=None, loss_type=loss_type)).eval()
+    batch = sequence_batch()
+    with torch.no_grad():
+        out = model(**{**batch, "input_ids": batch["input_ids"][:5], "attention_mask": batch["attention_mask"][:5]})
+        with_loss = model(**batch, return_loss=True)
+    assert out.loss is None and out.matryoshka_losses is None
+    expected = model.logit_scale.exp() * out.visual_embeds @ out.text_embeds.T
+    if loss_type == "siglip":
+        expected = expected + model.logit_bias
+    torch.testing.assert_close(out.logits_per_visual, expected)
+    assert out.logits_per_visual.shape == (8, 5) and torch.equal(out.logits_per_text, out.logits_per_visual.T)
+    assert with_loss.loss.ndim == 0 and with_loss.logits_per_visual.shape == (8, 8)
+
+
+def test_forward_without_return_loss_runs_no_collective(monkeypatch):
+    """Under data parallelism (faked: world size 2) evaluation through `forward` must not all-gather, or a rank
+    evaluating alone waits forever for the others. Asking for the loss does gather."""
+    model = VLPModel(tiny_vlp_config(vision_config=None)).eval()
+    batch = sequence_batch()
+
+    def all_gather(tensor):
+        raise AssertionError("forward ran a collective")
+
+    monkeypatch.setattr(modeling_contrastive, "_world", lambda: (0, 2))
+    monkeypatch.setattr(torch.distributed.nn.functional, "all_gather", all_gather)
+    with torch.no_grad():
+        assert model(**batch).loss is None
+        assert model(**batch, return_loss=False).loss is None
+        with pytest.raises(AssertionError, match="collective"):
+            model(**batch, return_loss=True)
+
+
+def test_clip_and_siglip_losses_take_pre_gathered_columns(monkeypatch):
+    """Columns passed in are used as they are (no gather); the default gathers them (a no-op on one process)."""
+    v, t = nn.functional.normalize(torch.randn(4, 16), dim=-1), nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    groups, scale, bias = torch.tensor([0, 1, 1, 2]), torch.tensor(2.0), torch.tensor(-3.0)
+    columns = dict(all_visual_embeds=v, all_text_embeds=t, all_group_ids=groups)
+    for loss, args in ((clip_loss, (v, t, scale)), (siglip_loss, (v, t, scale, bias))):
+        expected = loss(*args, group_ids=groups)
+        monkeypatch.setattr(modeling_contrastive, "gather_with_grad", lambda x: pytest.fail("gathered"))
+        actual = loss(*args, group_ids=groups, **columns)
+        monkeypatch.undo()
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e)
 
 
 def test_logit_scale_is_clamped_to_ln_100():
@@ -95,7 +147,7 @@ def test_each_pooling_head_learns(pooling_type):
             input_ids=torch.stack([torch.tensor([101, 10 + int(c), 30 + int(c), 102]) for c in labels]),
             keypoints=prototypes[labels] + 0.3 * torch.randn(16, 12, 21, 2),
         )
-        loss = model(**batch).loss
+        loss = model(**batch, return_loss=True).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -203,7 +255,7 @@ def test_embedding_memory_is_first_in_first_out():
 def test_feature_cached_accumulation_equals_full_batch_gradient(loss_type):
     model = VLPModel(tiny_vlp_config(vision_config=None, loss_type=loss_type)).double().eval()  # dropout: next test
     batch = {k: v.double() if v.is_floating_point() else v for k, v in sequence_batch(batch_size=8).items()}
-    model(**batch).loss.backward()
+    model(**batch, return_loss=True).loss.backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
 
@@ -290,7 +342,10 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="no image tower"):
         model(input_ids=batch["input_ids"], pixel_values=torch.randn(8, 3, 32, 32))
     with pytest.raises(ValueError, match="8 visual inputs but 4 texts"):
-        model(**{**batch, "input_ids": batch["input_ids"][:4], "attention_mask": batch["attention_mask"][:4]})
+        model(
+            **{**batch, "input_ids": batch["input_ids"][:4], "attention_mask": batch["attention_mask"][:4]},
+            return_loss=True,
+        )
     with pytest.raises(ValueError, match="needs pixel_values, keypoints or frame_features"):
         model(input_ids=batch["input_ids"])
     with pytest.raises(ValueError, match="max_frames"):
