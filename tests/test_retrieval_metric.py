@@ -1,5 +1,7 @@
 """Tests for the `metrics/retrieval` evaluate module (COCO-style image<->text retrieval)."""
 
+import itertools
+from math import comb
 from pathlib import Path
 
 import evaluate
@@ -62,29 +64,120 @@ def test_perfect_embeddings_rank_everything_first(retrieval):
 
 
 def test_hand_built_ranks_with_ties(retrieval):
-    # Images at 0, 90 and 180 degrees. Text 2 ties image 0 with its true image 2 and text 3 ties its true
-    # image 0 with image 1: a tie is not "strictly higher", so it does not push the true match down.
+    # Images at 0, 90 and 180 degrees. Text 2 ties image 0 with its true image 2 and text 3 ties its true image 0
+    # with image 1: a tie of two is won half the time, so it counts half a hit at the first place it can reach.
+    # cos(90 deg) is 6e-17, not 0: scores equal up to rounding are ties.
     images = _unit([0, 90, 180])
     texts = _unit([0, 0, 90, 45])
     results = retrieval.compute(text_embeddings=texts, image_index=[0, 1, 2, 0], image_embeddings=images, ks=[1, 2, 3])
-    # t2i ranks [1, 2, 2, 1]; i2t ranks [1, 3, 1] (image 1's caption at 0 degrees is beaten by texts 2 and 3 only).
+    # t2i expected ranks [1, 2, 2.5, 1.5]; i2t [1.5, 3.5, 1]: image 0's caption ties text 1, and image 1's caption
+    # (at 0 degrees) is beaten by texts 2 and 3 and tied with text 0.
     expected = {
-        "t2i_R@1": 50.0,
-        "t2i_R@2": 100.0,
+        "t2i_R@1": 37.5,
+        "t2i_R@2": 87.5,
         "t2i_R@3": 100.0,
         "t2i_MedR": 1.0,
-        "t2i_MeanR": 1.5,
-        "i2t_R@1": 200.0 / 3,
+        "t2i_MeanR": 1.75,
+        "i2t_R@1": 50.0,
         "i2t_R@2": 200.0 / 3,
-        "i2t_R@3": 100.0,
+        "i2t_R@3": 250.0 / 3,
         "i2t_MedR": 1.0,
-        "i2t_MeanR": 5.0 / 3,
+        "i2t_MeanR": 2.0,
         "pos_sim": (1.0 + 0.0 + 0.0 + np.sqrt(0.5)) / 4,
         "neg_sim": 0.0,
         "num_images": 3,
         "num_texts": 4,
     }
     assert results == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [
+        np.ones(16, dtype=np.float32),
+        np.random.default_rng(0).standard_normal(16).astype(np.float32),
+    ],
+    ids=["ones", "random-direction"],
+)
+@pytest.mark.parametrize("scaled", [False, True], ids=["same-rows", "rows-scaled-in-float32"])
+def test_identical_embeddings_score_exactly_chance(retrieval, direction, scaled):
+    """A collapsed model (every embedding the same) must score chance, not 100 %. Scaled copies differ only by
+    float32 rounding after normalisation, which must not break the tie."""
+    rng = np.random.default_rng(1)
+    texts, images = np.tile(direction, (100, 1)), np.tile(direction, (20, 1))
+    if scaled:
+        texts = (texts * rng.uniform(0.1, 10.0, (100, 1))).astype(np.float32)
+        images = (images * rng.uniform(0.1, 10.0, (20, 1))).astype(np.float32)
+    image_index = np.repeat(np.arange(20), 5)
+    results = retrieval.compute(
+        text_embeddings=texts, image_index=image_index, image_embeddings=images, ks=[1, 5, 10], chunk_size=7
+    )
+    # t2i: the true image is one of 20 tied images. i2t: the 5 captions are among 100 tied texts.
+    expected = {
+        "t2i_R@1": 5.0,
+        "t2i_R@5": 25.0,
+        "t2i_R@10": 50.0,
+        "t2i_MedR": 10.0,  # expected rank 10.5 for every query, rounded down
+        "t2i_MeanR": 10.5,
+        "i2t_R@1": 5.0,
+        "i2t_R@5": 100.0 * (1 - comb(95, 5) / comb(100, 5)),
+        "i2t_R@10": 100.0 * (1 - comb(95, 10) / comb(100, 10)),
+        "i2t_MedR": 16.0,
+        "i2t_MeanR": 1 + 95 / 6,
+    }
+    assert {key: results[key] for key in expected} == pytest.approx(expected, rel=1e-12)
+
+
+def _brute_force_with_ties(texts, image_index, images, ks, tolerance=1e-6):
+    """Reference for the tie rule: every placement of a query's true candidates among its tie, averaged.
+
+    Returns `{direction: (hit rate per k, expected ranks)}` and how many queries had a tie.
+    """
+    texts = texts / np.linalg.norm(texts, axis=1, keepdims=True)
+    images = images / np.linalg.norm(images, axis=1, keepdims=True)
+    scores = texts.astype(np.float64) @ images.astype(np.float64).T
+    num_tied_queries = 0
+
+    def expected(query_scores, is_true):
+        nonlocal num_tied_queries
+        best = query_scores[is_true].max()
+        in_tie = np.abs(query_scores - best) <= tolerance
+        above = np.sum(query_scores > best + tolerance)
+        num_tied_queries += in_tie.sum() > 1
+        ranks = [
+            above + 1 + min(true_places)
+            for true_places in itertools.combinations(range(in_tie.sum()), np.sum(in_tie & is_true))
+        ]
+        return [np.mean([rank <= k for rank in ranks]) for k in ks], np.mean(ranks)
+
+    t2i = [expected(scores[t], np.arange(len(images)) == image) for t, image in enumerate(image_index)]
+    i2t = [expected(scores[:, image], image_index == image) for image in range(len(images))]
+    summaries = {}
+    for prefix, per_query in (("t2i", t2i), ("i2t", i2t)):
+        hits = np.array([query_hits for query_hits, _ in per_query])
+        summaries[prefix] = (100.0 * hits.mean(axis=0), np.array([rank for _, rank in per_query]))
+    return summaries, num_tied_queries
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1000])
+def test_ties_match_a_brute_force_average_over_tie_orders(retrieval, chunk_size):
+    # Embeddings drawn from 4 integer directions: many exact ties, and captions per image from 1 to 4.
+    rng = np.random.default_rng(5)
+    directions = np.array([[1, 0, 1, -1], [0, 1, 1, 0], [1, 1, 0, 0], [-1, 0, 1, 1]], dtype=np.float32)
+    images = directions[rng.integers(0, 4, 15)]
+    image_index = np.concatenate([np.arange(15), rng.integers(0, 15, 25)])
+    texts = directions[rng.integers(0, 4, len(image_index))]
+    ks = [1, 2, 3, 5, 10]
+    results = retrieval.compute(
+        text_embeddings=texts, image_index=image_index, image_embeddings=images, ks=ks, chunk_size=chunk_size
+    )
+    reference, num_tied_queries = _brute_force_with_ties(texts, image_index, images, ks)
+    assert num_tied_queries > 40, "the test data should be full of ties"
+    for prefix, (recalls, ranks) in reference.items():
+        for k, recall in zip(ks, recalls):
+            assert results[f"{prefix}_R@{k}"] == pytest.approx(recall, rel=1e-12), f"{prefix}_R@{k}"
+        assert results[f"{prefix}_MeanR"] == pytest.approx(ranks.mean(), rel=1e-12)
+        assert results[f"{prefix}_MedR"] == np.floor(np.median(ranks))
 
 
 def test_image_to_text_hits_if_any_caption_is_in_top_k(retrieval):
@@ -127,6 +220,7 @@ def test_chunk_size_does_not_change_results(retrieval):
 
 
 def test_matches_brute_force_reference(retrieval):
+    """Continuous random embeddings have no ties, so ranks follow the plain rule: 1 + candidates scoring higher."""
     texts, image_index, images = _noisy_pairs(200, 5, dim=16, noise=1.5, seed=3)
     results = retrieval.compute(
         text_embeddings=texts, image_index=image_index, image_embeddings=images, ks=[1, 5, 10], chunk_size=64
@@ -160,13 +254,17 @@ def test_add_batch_accumulates_like_single_compute(retrieval):
         ({"image_index": [0, 1, 2, 4]}, r"outside \[0, 3\]"),
         ({"image_index": [0, 1, 2, -1]}, r"outside \[0, 3\]"),
         ({"image_index": [0, 1, 1, 2]}, "1 of 4 images have no text"),
-        ({"text_embeddings": [[1.0, 0.0], [float("nan"), 1.0], [0.0, 1.0], [1.0, 1.0]]}, "text_embeddings.*NaN"),
-        ({"image_embeddings": np.array([[1, 0], [0, 1], [1, 1], [np.nan, 0]])}, "image_embeddings.*NaN"),
+        ({"text_embeddings": [[1.0, 0.0], [float("nan"), 1.0], [0.0, 1.0], [1.0, 1.0]]}, "text_embeddings` row 1.*NaN"),
+        ({"image_embeddings": np.array([[1, 0], [0, 1], [1, 1], [np.nan, 0]])}, "image_embeddings` row 3.*NaN"),
+        ({"image_embeddings": np.array([[1, 0], [0, 1], [1, 1], [np.inf, 0]])}, "image_embeddings` row 3.*infinite"),
+        ({"text_embeddings": [[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]]}, "text_embeddings` row 2 is all zeros"),
+        ({"image_embeddings": np.zeros((4, 2))}, r"image_embeddings` row 0 is all zeros \(4 such rows\)"),
         ({"text_embeddings": [], "image_index": []}, "No texts"),
         ({"image_embeddings": np.zeros((0, 2))}, "image_embeddings` is empty"),
         ({"image_embeddings": None}, "image_embeddings` is required"),
         ({"ks": [0, 5]}, "positive integers"),
         ({"chunk_size": 0}, "chunk_size"),
+        ({"tie_tolerance": -1e-6}, "tie_tolerance"),
     ],
 )
 def test_invalid_inputs_raise_clear_errors(retrieval, overrides, message):

@@ -24,12 +24,23 @@ import torch
 _DESCRIPTION = """
 Cross-modal retrieval between visual items ("images": images or video clips) and texts, following the COCO /
 Flickr30k protocol where one image may own several texts (e.g. 5 captions). Embeddings are L2-normalised, so
-scores are cosine similarities. The rank of a query is 1 + the number of candidates scoring strictly higher than
-its true match: a candidate tied with the true match does not push it down.
+scores are cosine similarities.
 
 - text->image (t2i): each text has exactly one true image.
-- image->text (i2t): the rank of an image is the best rank over all of its texts, so R@K counts an image as a hit
+- image->text (i2t): an image is found at the position of the first of its texts, so R@K counts an image as a hit
   if any of its texts is in the top K.
+
+Ties are ordered at random, in expectation. For a query, let s be the number of wrong candidates scoring strictly
+above its best true candidate, t the wrong candidates tied with it and q the true candidates tied with it (q = 1
+for t2i). R@K is the exact probability that a random order of the tie puts a true candidate in the top K:
+1 - C(t, m) / C(t + q, m) with m = K - s (0 if m <= 0), and the rank used by MedR and MeanR is the expected one,
+s + 1 + t / (q + 1). So identical embeddings score exactly chance (R@1 = 1 / number of images for t2i), not 100 %.
+Scores within `tie_tolerance` (default 1e-6) of the best true score are tied. Even identical rows get float64
+scores that differ in the last bits, depending on where the matrix product puts them, and float32 embeddings (the
+module's input features are float32) round every coordinate by up to 6e-8 relative, which moves a cosine by up to
+about 1.2e-7: two scores equal in exact arithmetic can differ by 2.4e-7. 1e-6 covers that with margin and is far
+below any difference a float32 encoder reproduces. Raise it for half-precision embeddings (e.g. 2e-2 for
+bfloat16); 0 ties only bit-equal scores. Zero, NaN or infinite embeddings are refused.
 
 Scores are computed `chunk_size` queries at a time, so memory grows as chunk_size x N rather than N x N.
 """
@@ -42,11 +53,14 @@ Args:
         at least one text.
     ks (`Sequence[int]`, defaults to `(1, 5, 10)`): cut-offs for Recall@K.
     chunk_size (`int`, defaults to 1024): number of queries scored at once.
+    tie_tolerance (`float`, defaults to 1e-6): cosine scores closer than this to a query's best true score count as
+        tied with it.
 
 Returns:
-    `i2t_R@K`, `t2i_R@K` (percent, 0-100) for each K; `i2t_MedR`, `t2i_MedR` (median rank, rounded down as in the
-    VSE++ / Karpathy-split evaluation); `i2t_MeanR`, `t2i_MeanR`; `pos_sim` (mean cosine of the true pairs);
-    `neg_sim` (mean cosine of all non-matching pairs, NaN when there is a single image); `num_images`, `num_texts`.
+    `i2t_R@K`, `t2i_R@K` (percent, 0-100, expected over random orders of ties) for each K; `i2t_MedR`, `t2i_MedR`
+    (median of the expected ranks, rounded down as in the VSE++ / Karpathy-split evaluation); `i2t_MeanR`,
+    `t2i_MeanR`; `pos_sim` (mean cosine of the true pairs); `neg_sim` (mean cosine of all non-matching pairs, NaN
+    when there is a single image); `num_images`, `num_texts`.
 
 Examples:
     >>> retrieval = evaluate.load("metrics/retrieval")
@@ -70,8 +84,12 @@ _CITATION = """
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
 
 
-def _as_float64_matrix(values: ArrayLike, name: str) -> torch.Tensor:
-    """Float64 keeps near-ties from flipping with the matmul kernel, so ranks do not depend on `chunk_size`."""
+DEFAULT_TIE_TOLERANCE = 1e-6
+
+
+def _as_unit_rows(values: ArrayLike, name: str) -> torch.Tensor:
+    """Float64 unit rows. Float64 keeps the scores of one pair the same whatever the chunk; rows without a direction
+    (zero, NaN, infinite) are refused, since every score they take part in would be a tie or undefined."""
     if isinstance(values, torch.Tensor):
         matrix = values.detach().to(device="cpu", dtype=torch.float64)
     else:
@@ -83,15 +101,53 @@ def _as_float64_matrix(values: ArrayLike, name: str) -> torch.Tensor:
         raise ValueError(f"`{name}` must have shape (num_items, dim), got shape {tuple(matrix.shape)}.")
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(matrix.shape)}); pass at least one embedding.")
-    if not torch.isfinite(matrix).all():
-        raise ValueError(f"`{name}` contains NaN or infinite values; check the encoder outputs.")
-    return torch.nn.functional.normalize(matrix, dim=-1)
+    not_finite = (~torch.isfinite(matrix)).any(dim=1)
+    if not_finite.any():
+        raise ValueError(
+            f"`{name}` row {int(not_finite.nonzero()[0])} contains NaN or infinite values ({int(not_finite.sum())} "
+            "such rows); check the encoder outputs."
+        )
+    norms = torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
+    is_zero = norms[:, 0] == 0
+    if is_zero.any():
+        raise ValueError(
+            f"`{name}` row {int(is_zero.nonzero()[0])} is all zeros ({int(is_zero.sum())} such rows): it has no "
+            "direction, so every score it takes part in is a tie. Check the encoder outputs (a collapsed or "
+            "untrained projection) or drop those rows."
+        )
+    return matrix / norms
 
 
-def _rank_summary(prefix: str, ranks: torch.Tensor, ks: Sequence[int]) -> Dict[str, float]:
-    summary = {f"{prefix}_R@{k}": 100.0 * (ranks <= k).double().mean().item() for k in ks}
-    summary[f"{prefix}_MedR"] = float(np.floor(np.median(ranks.numpy())))
-    summary[f"{prefix}_MeanR"] = ranks.double().mean().item()
+def _count_ties(scores: torch.Tensor, best_true: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: candidates scoring above `best_true + tolerance`, and candidates within `tolerance` of it."""
+    above = (scores > best_true[:, None] + tolerance).sum(dim=1)
+    return above, (scores >= best_true[:, None] - tolerance).sum(dim=1) - above
+
+
+def _hit_probability(above: torch.Tensor, tied_wrong: torch.Tensor, tied_true: torch.Tensor, k: int) -> torch.Tensor:
+    """P(a true candidate is in the top k) when the tie is in random order: 1 - C(t, m) / C(t + q, m), m = k - s."""
+    m = k - above
+    needs_ratio = (m > 0) & (m <= tied_wrong)  # otherwise the hit is impossible (m <= 0) or certain (m > t)
+    # C(t, m) / C(t + q, m) = prod_{i < a} (1 - b / (t + q - i)) with a, b = min(m, q), max(m, q): a short product
+    # (a <= k) of factors in (0, 1), summed as log1p terms so small probabilities keep full precision
+    shorter = torch.where(needs_ratio, torch.minimum(m, tied_true), 0)
+    longer = torch.maximum(m, tied_true).double()
+    total = (tied_wrong + tied_true).double()
+    log_all_wrong = torch.zeros(m.shape, dtype=torch.float64)
+    for i in range(int(shorter.max())):
+        term = torch.log1p(-longer / (total - i))
+        log_all_wrong += torch.where(i < shorter, term, 0.0)
+    hits = torch.where(needs_ratio, -torch.expm1(log_all_wrong), 1.0)
+    return torch.where(m <= 0, 0.0, hits)
+
+
+def _rank_summary(
+    prefix: str, above: torch.Tensor, tied_wrong: torch.Tensor, tied_true: torch.Tensor, ks: Sequence[int]
+) -> Dict[str, float]:
+    summary = {f"{prefix}_R@{k}": 100.0 * _hit_probability(above, tied_wrong, tied_true, k).mean().item() for k in ks}
+    expected_ranks = above + 1 + tied_wrong / (tied_true + 1).double()
+    summary[f"{prefix}_MedR"] = float(np.floor(np.median(expected_ranks.numpy())))
+    summary[f"{prefix}_MeanR"] = expected_ranks.mean().item()
     return summary
 
 
@@ -101,15 +157,19 @@ def retrieval_metrics(
     image_embeddings: ArrayLike,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
 ) -> Dict[str, Any]:
-    """Chunked image<->text retrieval metrics; see `_DESCRIPTION` for the protocol."""
+    """Chunked image<->text retrieval metrics; see `_DESCRIPTION` for the protocol and the tie rule."""
     if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
         raise ValueError(f"`ks` must be a non-empty list of positive integers, got {list(ks)}.")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    is_number = isinstance(tie_tolerance, (int, float, np.number)) and not isinstance(tie_tolerance, bool)
+    if not is_number or not 0 <= tie_tolerance < 1:
+        raise ValueError(f"`tie_tolerance` must be a number in [0, 1) (a cosine difference), got {tie_tolerance!r}.")
 
-    texts = _as_float64_matrix(text_embeddings, "text_embeddings")
-    images = _as_float64_matrix(image_embeddings, "image_embeddings")
+    texts = _as_unit_rows(text_embeddings, "text_embeddings")
+    images = _as_unit_rows(image_embeddings, "image_embeddings")
     if texts.shape[1] != images.shape[1]:
         raise ValueError(
             f"Embedding dimensions differ: text_embeddings has dim {texts.shape[1]}, image_embeddings has dim "
@@ -136,28 +196,38 @@ def retrieval_metrics(
             "drop them from `image_embeddings` and re-index `image_index`."
         )
 
-    t2i_ranks = torch.empty(num_texts, dtype=torch.long)
+    # text->image: one true image, so the tie around it holds the true image itself and t = within - 1.
+    t2i_above = torch.empty(num_texts, dtype=torch.long)
+    t2i_tied = torch.empty(num_texts, dtype=torch.long)
     positive_scores = torch.empty(num_texts, dtype=torch.float64)
     for start in range(0, num_texts, chunk_size):
         stop = min(start + chunk_size, num_texts)
         scores = texts[start:stop] @ images.T
-        true_scores = scores.gather(1, image_index[start:stop, None])
-        t2i_ranks[start:stop] = 1 + (scores > true_scores).sum(dim=1)
-        positive_scores[start:stop] = true_scores[:, 0]
+        true_scores = scores.gather(1, image_index[start:stop, None])[:, 0]
+        above, within = _count_ties(scores, true_scores, tie_tolerance)
+        t2i_above[start:stop], t2i_tied[start:stop] = above, within - 1
+        positive_scores[start:stop] = true_scores
 
-    # Texts sorted by image, so the texts of images [start, stop) form one contiguous slice of `texts_by_image`.
+    # image->text: texts sorted by image, so the texts of images [start, stop) form one contiguous slice.
     texts_by_image = torch.argsort(image_index, stable=True)
     text_offsets = torch.cat([torch.zeros(1, dtype=torch.long), texts_per_image.cumsum(0)]).tolist()
-    i2t_ranks = torch.empty(num_images, dtype=torch.long)
+    i2t_above = torch.empty(num_images, dtype=torch.long)
+    i2t_tied = torch.empty(num_images, dtype=torch.long)
+    i2t_tied_true = torch.empty(num_images, dtype=torch.long)
     for start in range(0, num_images, chunk_size):
         stop = min(start + chunk_size, num_images)
         scores = images[start:stop] @ texts.T
         own_texts = texts_by_image[text_offsets[start] : text_offsets[stop]]
         own_rows = image_index[own_texts] - start
+        own_scores = scores[own_rows, own_texts]
         best_true_scores = torch.full((stop - start,), -torch.inf, dtype=torch.float64).scatter_reduce(
-            0, own_rows, scores[own_rows, own_texts], reduce="amax"
+            0, own_rows, own_scores, reduce="amax"
         )
-        i2t_ranks[start:stop] = 1 + (scores > best_true_scores[:, None]).sum(dim=1)
+        above, within = _count_ties(scores, best_true_scores, tie_tolerance)
+        tied_true = torch.bincount(
+            own_rows[own_scores >= best_true_scores[own_rows] - tie_tolerance], minlength=stop - start
+        )
+        i2t_above[start:stop], i2t_tied[start:stop], i2t_tied_true[start:stop] = above, within - tied_true, tied_true
 
     # The sum over all pairs factorises, so the negative mean needs no N x N buffer.
     all_pairs_sum = (images.sum(0) @ texts.sum(0)).item()
@@ -166,8 +236,8 @@ def retrieval_metrics(
     negative_mean = (all_pairs_sum - positive_sum) / num_negative_pairs if num_negative_pairs else float("nan")
 
     return {
-        **_rank_summary("i2t", i2t_ranks, ks),
-        **_rank_summary("t2i", t2i_ranks, ks),
+        **_rank_summary("i2t", i2t_above, i2t_tied, i2t_tied_true, ks),
+        **_rank_summary("t2i", t2i_above, t2i_tied, torch.ones_like(t2i_tied), ks),
         "pos_sim": positive_sum / num_texts,
         "neg_sim": negative_mean,
         "num_images": num_images,
@@ -198,9 +268,12 @@ class Retrieval(evaluate.Metric):
         image_embeddings=None,
         ks: Sequence[int] = (1, 5, 10),
         chunk_size: int = 1024,
+        tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
     ) -> Dict[str, Any]:
         if image_embeddings is None:
             raise ValueError("`image_embeddings` is required: pass `compute(..., image_embeddings=...)`.")
         if len(text_embeddings) == 0:
             raise ValueError("No texts to evaluate: pass `text_embeddings` and `image_index` (or call `add_batch`).")
-        return retrieval_metrics(text_embeddings, image_index, image_embeddings, ks=ks, chunk_size=chunk_size)
+        return retrieval_metrics(
+            text_embeddings, image_index, image_embeddings, ks=ks, chunk_size=chunk_size, tie_tolerance=tie_tolerance
+        )
