@@ -1,11 +1,12 @@
 """Model cards whose Hub metadata (`model-index`) is built from the evaluation numbers themselves."""
 
 import math
-from pathlib import Path
+from importlib.resources import files
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / "template.md"
+# Package data of `hub`, so the template ships in the wheel and is found wherever the package is installed.
+TEMPLATE_NAME = "model_card_template.md"
 
 
 def build_model_card(
@@ -26,7 +27,7 @@ def build_model_card(
     pipeline_tag: str | None = None,
 ) -> str:
     """
-    Render `model_cards/template.md` into a `README.md` for `model_id`.
+    Render the card template (`hub/model_card_template.md`) into a `README.md` for `model_id`.
 
     Each entry of `results` (metric name -> value) becomes a row of the results table and an `EvalResult` in the
     front matter, so the Hub's leaderboard shows the same numbers as the text. `metric_types` gives the Hub metric id
@@ -66,7 +67,7 @@ def build_model_card(
     )
     card = ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATE_PATH),
+        template_str=files(__package__).joinpath(TEMPLATE_NAME).read_text(encoding="utf-8"),
         model_id=model_id,
         title=title,
         summary=summary,
