@@ -28,6 +28,10 @@ from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, SAFE_WEIGHTS_INDEX_N
 MODEL_CARD_NAME = "README.md"
 _REQUIRED_AUTO_CLASSES = {CONFIG_NAME: ("AutoConfig", "AutoModel"), PROCESSOR_NAME: ("AutoProcessor",)}
 
+# The project's model-code packages. An absolute import is bundled only if its top-level package is one of these or
+# the package of a class being saved; never by looking at what sits beside the package (in site-packages: everything).
+PROJECT_PACKAGES = frozenset({"configuration", "modeling", "processing"})
+
 # The module part of a `from` import: "from ..pkg.mod import", "from .mod import", "from pkg.mod import".
 _FROM_MODULE = re.compile(r"from\s*(\.[.\s]*[\w.]*|[\w.]+)\s*import\b")
 
@@ -48,9 +52,12 @@ def _defining_file(obj: Any) -> tuple[Path, Path]:
     return path, path.parents[cls.__module__.count(".")]
 
 
-def _is_project_module(module_name: str, project_root: Path) -> bool:
-    top_level = module_name.partition(".")[0]
-    return (project_root / top_level).is_dir() or (project_root / f"{top_level}.py").is_file()
+def _project_packages(*objs: Any) -> frozenset[str]:
+    return PROJECT_PACKAGES | {(obj if isinstance(obj, type) else type(obj)).__module__.partition(".")[0] for obj in objs}
+
+
+def _is_project_module(module_name: str, project_packages: frozenset[str]) -> bool:
+    return module_name.partition(".")[0] in project_packages
 
 
 def _resolve_relative_import(path: Path, node: ast.ImportFrom, project_root: Path) -> Path:
@@ -87,17 +94,17 @@ def _resolve_absolute_import(path: Path, node: ast.ImportFrom, project_root: Pat
     )
 
 
-def _imported_project_files(path: Path, project_root: Path) -> Iterator[Path]:
+def _imported_project_files(path: Path, project_root: Path, project_packages: frozenset[str]) -> Iterator[Path]:
     """Project files `path` imports: relative imports, and `from package.module import` of project packages."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level > 0:
             yield _resolve_relative_import(path, node, project_root)
-        elif isinstance(node, ast.ImportFrom) and _is_project_module(node.module, project_root):
+        elif isinstance(node, ast.ImportFrom) and _is_project_module(node.module, project_packages):
             yield _resolve_absolute_import(path, node, project_root)
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                if _is_project_module(alias.name, project_root):
+                if _is_project_module(alias.name, project_packages):
                     raise ValueError(
                         f"{path}:{node.lineno}: `import {alias.name}` of a project module cannot be flattened; "
                         f"write `from {alias.name} import <name>`."
@@ -112,6 +119,7 @@ def collect_source_files(*objs: Any) -> dict[str, Path]:
     on a plain `import package.module` of the project, and when two different files would get the same flat name.
     """
     files: dict[str, Path] = {}
+    project_packages = _project_packages(*objs)
     pending = [_defining_file(obj) for obj in objs]
     while pending:
         path, project_root = pending.pop()
@@ -122,19 +130,21 @@ def collect_source_files(*objs: Any) -> dict[str, Path]:
                 )
             continue
         files[path.name] = path
-        pending.extend((imported, project_root) for imported in _imported_project_files(path, project_root))
+        pending.extend(
+            (imported, project_root) for imported in _imported_project_files(path, project_root, project_packages)
+        )
     return files
 
 
-def flatten_source(text: str, project_root: Path | None = None) -> str:
-    """Rewrite every project import (`from ..pkg.mod import x`, `from .mod import x`, and, given `project_root`,
-    `from pkg.mod import x` of a package in it) to `from .mod import x`."""
+def flatten_source(text: str, project_packages: frozenset[str] = frozenset()) -> str:
+    """Rewrite every project import (`from ..pkg.mod import x`, `from .mod import x`, and `from pkg.mod import x` of
+    a top-level package in `project_packages`) to `from .mod import x`."""
     lines = text.splitlines(keepends=True)
     relative_imports = [
         node
         for node in ast.walk(ast.parse(text))
         if isinstance(node, ast.ImportFrom)
-        and (node.level > 0 or (project_root is not None and _is_project_module(node.module, project_root)))
+        and (node.level > 0 or _is_project_module(node.module, project_packages))
     ]
     # Right to left, so rewriting one import never shifts the offset of another on the same line.
     for node in sorted(relative_imports, key=lambda node: (node.lineno, node.col_offset), reverse=True):
@@ -189,21 +199,48 @@ def _write_checkpoint(
     processor: ProcessorMixin,
     model_card: str,
     model_auto_classes: dict[str, type],
+    extra_files: dict[str, Path],
 ) -> None:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     # Written last: `save_pretrained` of a class registered for an auto class copies its unflattened files here.
-    project_root = _defining_file(model.config)[1]
-    for name, path in collect_source_files(model.config, processor, *model_auto_classes.values()).items():
-        (folder / name).write_text(flatten_source(path.read_text(encoding="utf-8"), project_root), encoding="utf-8")
+    source_objects = (model.config, processor, *model_auto_classes.values())
+    project_packages = _project_packages(*source_objects)
+    for name, path in collect_source_files(*source_objects).items():
+        (folder / name).write_text(flatten_source(path.read_text(encoding="utf-8"), project_packages), encoding="utf-8")
     _update_auto_map(
         folder / CONFIG_NAME,
         {"AutoConfig": _auto_map_entry(type(model.config))}
         | {auto_class: _auto_map_entry(cls) for auto_class, cls in model_auto_classes.items()},
     )
     _update_auto_map(folder / PROCESSOR_NAME, {"AutoProcessor": _auto_map_entry(type(processor))})
+    for name, path in extra_files.items():
+        shutil.copyfile(path, folder / name)
     (folder / MODEL_CARD_NAME).write_text(model_card, encoding="utf-8")
     verify_checkpoint(folder)
+
+
+def _model_auto_classes(model: PreTrainedModel, extra_auto_classes: dict[str, type]) -> dict[str, type]:
+    """`AutoModel`, the auto classes the model class declares in `hub_auto_classes` (e.g. a seq2seq model:
+    `("AutoModelForSeq2SeqLM",)`), then `extra_auto_classes`; each must be a transformers AutoModel class."""
+    auto_classes = {"AutoModel": type(model)}
+    auto_classes |= {auto_class: type(model) for auto_class in getattr(type(model), "hub_auto_classes", ())}
+    auto_classes |= extra_auto_classes
+    for auto_class in auto_classes:
+        if not auto_class.startswith("AutoModel") or not hasattr(transformers, auto_class):
+            raise ValueError(f"{auto_class!r} is not a transformers AutoModel class (e.g. 'AutoModelForCausalLM').")
+    return auto_classes
+
+
+def _checked_extra_files(extra_files: dict[str, str | os.PathLike] | None) -> dict[str, Path]:
+    checked = {}
+    for name, path in (extra_files or {}).items():
+        if Path(name).name != name or name in (CONFIG_NAME, PROCESSOR_NAME, MODEL_CARD_NAME, SAFE_WEIGHTS_NAME):
+            raise ValueError(f"Extra file name {name!r} must be a plain file name that the checkpoint does not use.")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Extra file {name!r}: {path} does not exist or is not a file.")
+        checked[name] = Path(path)
+    return checked
 
 
 def save_for_hub(
@@ -213,23 +250,23 @@ def save_for_hub(
     model_card: str | None = None,
     *,
     extra_auto_classes: dict[str, type] | None = None,
+    extra_files: dict[str, str | os.PathLike] | None = None,
 ) -> Path:
     """
     Write a checkpoint folder that loads with `AutoConfig`/`AutoModel`/`AutoProcessor` and `trust_remote_code=True`.
 
     The folder holds the safetensors weights, the processor files, the flattened code, `auto_map` entries and
-    `README.md` (`model_card`, or a placeholder). `extra_auto_classes` maps further auto classes to model classes,
-    e.g. `{"AutoModelForSeq2SeqLM": Sign2TextModel}`. Everything is written to a temporary sibling folder first and
+    `README.md` (`model_card`, or a placeholder). Besides `AutoModel`, the model loads through the auto classes its
+    class lists in `hub_auto_classes` and those `extra_auto_classes` maps to model classes, e.g.
+    `{"AutoModelForCausalLM": MyModel}`. `extra_files` (`{file name: path}`) are copied in beside the weights (data
+    the model reads with `cached_file`, e.g. a search index). Everything is written to a temporary sibling folder first and
     swapped in at the end, so a failure leaves no partial folder behind and an existing `output_dir` untouched.
     """
     output_dir = Path(output_dir).resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder; pass a folder path for the checkpoint.")
-    extra_auto_classes = extra_auto_classes or {}
-    for auto_class in extra_auto_classes:
-        if not auto_class.startswith("AutoModel") or not hasattr(transformers, auto_class):
-            raise ValueError(f"{auto_class!r} is not a transformers AutoModel class (e.g. 'AutoModelForCausalLM').")
-    model_auto_classes = {"AutoModel": type(model), **extra_auto_classes}
+    model_auto_classes = _model_auto_classes(model, extra_auto_classes or {})
+    extra_files = _checked_extra_files(extra_files)
     _check_sub_processors(processor)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +275,12 @@ def save_for_hub(
     staging_dir.mkdir()
     try:
         _write_checkpoint(
-            staging_dir, model, processor, model_card or _placeholder_model_card(model), model_auto_classes
+            staging_dir,
+            model,
+            processor,
+            model_card or _placeholder_model_card(model),
+            model_auto_classes,
+            extra_files,
         )
         if output_dir.exists():
             retired_dir = output_dir.with_name(f".{output_dir.name}.retired-{uuid.uuid4().hex[:8]}")

@@ -245,6 +245,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
     `EncoderDecoderCache`."""
 
     _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
+    hub_auto_classes = ("AutoModelForSeq2SeqLM",)  # `hub.save_for_hub` registers these besides AutoModel
 
     def __init__(self, config: Sign2TextConfig):
         super().__init__(config)

@@ -108,11 +108,20 @@ def test_plain_import_of_a_project_module_raises():
 
 
 def test_absolute_from_import_of_a_project_module_is_flattened():
-    fixtures = Path(__file__).resolve().parent / "fixtures"
     source = "import torch\nfrom toyproject.modeling.modeling_toyblocks import ToyBlock\nfrom transformers import AutoModel\n"
-    assert flatten_source(source, fixtures) == (
+    assert flatten_source(source, frozenset({"toyproject"})) == (
         "import torch\nfrom .modeling_toyblocks import ToyBlock\nfrom transformers import AutoModel\n"
     )
+
+
+def test_packages_beside_the_project_are_not_bundled(tmp_path):
+    """Installed, the project's packages sit in site-packages beside `transformers`: only the listed packages and
+    those of the saved classes are project code, whatever else the folder holds."""
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    assert (fixtures / "toyproject" / "shadow").is_dir()
+    source = "from shadow.modeling_toy import ShadowToy\nfrom transformers.utils import logging\n"
+    assert flatten_source(source, frozenset({"toyproject"})) == source
+    assert set(collect_source_files(ToyModel)) <= CODE_FILES
 
 
 def test_flat_name_collision_raises():
@@ -221,6 +230,28 @@ def test_custom_sub_processor_is_refused(toy_model, toy_processor, tmp_path):
     with pytest.raises(NotImplementedError, match="ToyProcessor.tokenizer is a CustomTokenizer"):
         save_for_hub(toy_model, processor, tmp_path / "checkpoint")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_extra_files_are_copied_beside_the_weights(toy_model, toy_processor, tmp_path):
+    index = tmp_path / "captions.index"
+    index.write_bytes(b"\x00faiss")
+    output_dir = save_for_hub(toy_model, toy_processor, tmp_path / "checkpoint", extra_files={"captions.index": index})
+    assert (output_dir / "captions.index").read_bytes() == b"\x00faiss"
+    with pytest.raises(FileNotFoundError, match="Extra file 'absent.jsonl'"):
+        save_for_hub(toy_model, toy_processor, tmp_path / "other", extra_files={"absent.jsonl": tmp_path / "absent"})
+    with pytest.raises(ValueError, match="must be a plain file name"):
+        save_for_hub(toy_model, toy_processor, tmp_path / "other", extra_files={"config.json": index})
+    assert not (tmp_path / "other").exists()
+
+
+def test_model_class_declares_its_auto_classes(toy_processor, tmp_path):
+    class ToyCausalLM(ToyModel):
+        hub_auto_classes = ("AutoModelForCausalLM",)
+
+    ToyCausalLM.__module__ = ToyModel.__module__
+    output_dir = save_for_hub(ToyCausalLM(ToyConfig(vocab_size=len(VOCAB))), toy_processor, tmp_path / "checkpoint")
+    auto_map = json.loads((output_dir / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForCausalLM"] == auto_map["AutoModel"] == "modeling_toy.ToyCausalLM"
 
 
 def test_extra_auto_classes(toy_model, toy_processor, tmp_path):

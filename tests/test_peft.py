@@ -194,7 +194,7 @@ def trained(tmp_path_factory) -> dict:
     batch = image_batch()
     losses = []
     for _ in range(20):
-        loss = peft_model(**batch).loss
+        loss = peft_model(**batch, return_loss=True).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

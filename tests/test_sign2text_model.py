@@ -341,9 +341,7 @@ torch.save(
 
 
 def test_hub_checkpoint_generates_the_same_tokens_in_a_fresh_process(trained, processor, clips, batch, tmp_path):
-    checkpoint = save_for_hub(
-        trained, processor, tmp_path / "sign2text", extra_auto_classes={"AutoModelForSeq2SeqLM": Sign2TextModel}
-    )
+    checkpoint = save_for_hub(trained, processor, tmp_path / "sign2text")
     auto_map = json.loads((checkpoint / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForSeq2SeqLM"] == auto_map["AutoModel"] == "modeling_sign2text.Sign2TextModel"
     inputs_path, output_path = tmp_path / "keypoints.pt", tmp_path / "outputs.pt"

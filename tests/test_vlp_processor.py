@@ -427,7 +427,7 @@ def test_processed_batch_runs_through_the_vlp_model(processor):
     )
     first_alone = processor(images=images[:1], keypoints=keypoints[:1], frame_features=features[:1])
     with torch.no_grad():
-        output = model(**batch)
+        output = model(**batch, return_loss=True)
         visual = model.get_visual_features(**{name: batch[name] for name in VISUAL_INPUTS})
         visual_alone = model.get_visual_features(**first_alone)
     assert output.loss.isfinite() and output.logits_per_visual.shape == (3, 3)
