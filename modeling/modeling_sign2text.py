@@ -39,7 +39,7 @@ class Sign2TextOutput(ModelOutput):
         Supervised contrastive loss between clips sharing a sentence id, when `sentence_ids` are given.
     logits (`torch.FloatTensor` of shape `(batch, target_length, vocab_size)`, *optional*):
         Next-token scores of the decoder, when it ran (given `decoder_input_ids` or `labels`).
-    past_key_values (`EncoderDecoderCache`, *optional*):
+    cache (`EncoderDecoderCache`, *optional*):
         Self- and cross-attention keys/values of the decoder, returned when caching.
     visual_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
         L2-normalised contrastive embedding of each clip (masked mean of the frame states, then the visual head).
@@ -54,7 +54,7 @@ class Sign2TextOutput(ModelOutput):
     clip_loss: torch.FloatTensor | None = None
     supcon_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     visual_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
@@ -126,25 +126,21 @@ class Sign2TextAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
         encoder_hidden_states: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
     ) -> torch.Tensor:
         """`attention_mask` is boolean, True where a query may attend, broadcastable to `(batch, heads, q, k)`."""
         query = self._split_heads(self.q_proj(hidden_states))
-        if self.is_cross_attention and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
-            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+        if self.is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
+            cached = cache.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values
         else:
             source = encoder_hidden_states if self.is_cross_attention else hidden_states
             key, value = self._split_heads(self.k_proj(source)), self._split_heads(self.v_proj(source))
-            if past_key_values is not None:
-                cache = (
-                    past_key_values.cross_attention_cache
-                    if self.is_cross_attention
-                    else past_key_values.self_attention_cache
-                )
-                key, value = cache.update(key, value, self.layer_idx)
+            if cache is not None:
+                layer_cache = cache.cross_attention_cache if self.is_cross_attention else cache.self_attention_cache
+                key, value = layer_cache.update(key, value, self.layer_idx)
                 if self.is_cross_attention:
-                    past_key_values.is_updated[self.layer_idx] = True
+                    cache.is_updated[self.layer_idx] = True
         attended = nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -172,12 +168,12 @@ class Sign2TextDecoderLayer(nn.Module):
         causal_mask: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None,
-        past_key_values: EncoderDecoderCache | None,
+        cache: EncoderDecoderCache | None,
     ) -> torch.Tensor:
-        residual = self.self_attn(self.self_attn_norm(hidden_states), causal_mask, past_key_values=past_key_values)
+        residual = self.self_attn(self.self_attn_norm(hidden_states), causal_mask, cache=cache)
         hidden_states = hidden_states + self.dropout(residual)
         residual = self.cross_attn(
-            self.cross_attn_norm(hidden_states), encoder_attention_mask, encoder_hidden_states, past_key_values
+            self.cross_attn_norm(hidden_states), encoder_attention_mask, encoder_hidden_states, cache
         )
         hidden_states = hidden_states + self.dropout(residual)
         residual = self.fc2(self.dropout(nn.functional.gelu(self.fc1(self.ffn_norm(hidden_states)))))
@@ -202,16 +198,16 @@ class Sign2TextDecoder(nn.Module):
         input_ids: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
     ) -> torch.Tensor:
         """
         Args:
             input_ids: `(batch, length)` decoder inputs; with a cache, only the positions not cached yet.
             encoder_hidden_states: `(batch, frames, hidden_size)` raw frame states of the sequence tower.
             encoder_attention_mask: `(batch, frames)`, 1 for real frames.
-            past_key_values: filled in place with this call's keys and values.
+            cache: filled in place with this call's keys and values.
         """
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
         length = input_ids.shape[1]
         if past_length + length > self.max_target_length:
             raise ValueError(
@@ -225,7 +221,7 @@ class Sign2TextDecoder(nn.Module):
         )
         cross_mask = None if encoder_attention_mask is None else encoder_attention_mask.bool()[:, None, None, :]
         for layer in self.layers:
-            hidden_states = layer(hidden_states, causal_mask, encoder_hidden_states, cross_mask, past_key_values)
+            hidden_states = layer(hidden_states, causal_mask, encoder_hidden_states, cross_mask, cache)
         return self.final_norm(hidden_states)
 
 
@@ -314,7 +310,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
         text_attention_mask: torch.Tensor | None = None,
         sentence_ids: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> Sign2TextOutput:
@@ -330,7 +326,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             sentence_ids: `(batch,)` sentence of each clip; clips sharing one are SupCon positives (two augmented
                 views of a clip share its id).
             encoder_outputs: frame states from `get_encoder()`, to skip the encoder (as `generate` does).
-            past_key_values: an `EncoderDecoderCache` to extend; one is created when `use_cache` is set.
+            cache: an `EncoderDecoderCache` to extend; one is created when `use_cache` is set.
             use_cache: return the decoder's keys/values for incremental decoding.
         """
         if encoder_outputs is None:
@@ -342,13 +338,13 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             decoder_input_ids = shift_tokens_right(
                 labels, self.config.pad_token_id, self.config.decoder_start_token_id
             )
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
-            raise TypeError(f"past_key_values must be an EncoderDecoderCache, got {type(past_key_values).__name__}.")
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
+            raise TypeError(f"cache must be an EncoderDecoderCache, got {type(cache).__name__}.")
         logits = None
         if decoder_input_ids is not None:
-            decoder_states = self.decoder(decoder_input_ids, frame_states, frame_mask, past_key_values)
+            decoder_states = self.decoder(decoder_input_ids, frame_states, frame_mask, cache)
             logits = self.lm_head(decoder_states)
 
         text_embeds = None
@@ -391,7 +387,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             clip_loss=losses.get("clip"),
             supcon_loss=losses.get("supcon"),
             logits=logits,
-            past_key_values=past_key_values,
+            cache=cache,
             visual_embeds=visual_embeds,
             text_embeds=text_embeds,
             encoder_last_hidden_state=frame_states,

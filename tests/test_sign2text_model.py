@@ -229,10 +229,10 @@ def test_incremental_decoding_matches_a_full_forward(batch):
         cache, steps = None, []
         for position in range(decoder_input_ids.shape[1]):
             out = model(
-                encoder_outputs=encoder_outputs, frame_mask=inputs["frame_mask"], past_key_values=cache,
+                encoder_outputs=encoder_outputs, frame_mask=inputs["frame_mask"], cache=cache,
                 decoder_input_ids=decoder_input_ids[:, position : position + 1], use_cache=True,
             )
-            cache = out.past_key_values
+            cache = out.cache
             steps.append(out.logits)
     assert cache.get_seq_length() == decoder_input_ids.shape[1]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
