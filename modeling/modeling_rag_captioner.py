@@ -14,6 +14,7 @@ searches it itself.
 """
 
 import copy
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ from .modeling_pooling import masked_mean
 from .modeling_retriever import HUB_KWARGS, CaptionRetriever, RetrievedCaptions
 from .modeling_vlp import VLPModel
 
+# transformers 5.24 renamed the decoder cache, as a `forward` argument and as an output field, from `past_key_values`
+# to `cache`; the model passes and returns it under the name of the installed version, so `generate` finds it.
+CACHE_NAME = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+)
+
 
 @dataclass
 class RagCaptionerOutput(ModelOutput):
@@ -48,14 +55,17 @@ class RagCaptionerOutput(ModelOutput):
     logits (`torch.FloatTensor` of shape `(batch, length, vocab_size)`):
         Next-token scores of the decoder. With `labels`, only from the position before the first caption token on
         (`length` = the caption width + 1): the loss needs no scores over the prompt.
+    cache (`Cache`, *optional*):
+        The decoder's self- and cross-attention keys/values, when caching (transformers ≥ 5.24).
     past_key_values (`Cache`, *optional*):
-        The decoder's self- and cross-attention keys/values, when caching.
+        The same under its name before transformers 5.24 (`CACHE_NAME` says which one is filled).
     """
 
     loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
     past_key_values: Cache | None = None
 
 
@@ -334,6 +344,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         retriever_lambda: float | None = None,
@@ -349,8 +360,9 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
                 them the decoder sees the image alone. The `"prompt"` fusion gets its captions inside `input_ids`.
             encoder_hidden_states, encoder_attention_mask: already fused states (from `fuse`), instead of
                 `pixel_values`; `generate` computes them once and passes them to every step.
-            position_ids, past_key_values, use_cache: as in any causal LM (`generate` fills them). Without
-                `position_ids` they are counted from `attention_mask`, which skips the left padding of prompts.
+            position_ids, cache, use_cache: as in any causal LM (`generate` fills them). Without `position_ids` they
+                are counted from `attention_mask`, which skips the left padding of prompts. `past_key_values` is
+                `cache` under its name before transformers 5.24.
             logits_to_keep: scores for the last N positions only (0: all); `generate` asks for 1. Ignored with
                 `labels`, which set it to the caption's positions.
             retriever_lambda: weight of the alignment penalty for this step (`retriever_lambda_schedule`); defaults
@@ -381,9 +393,9 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             position_ids=position_ids,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{CACHE_NAME: cache if cache is not None else past_key_values},
             **kwargs,
         )
         loss = lm_loss = None
@@ -400,7 +412,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             lm_loss=lm_loss,
             alignment_loss=alignment_loss,
             logits=outputs.logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
         )
 
     # ------------------------------------------------------------------------------------------------ generation
@@ -519,6 +531,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
 
 
 __all__ = [
+    "CACHE_NAME",
     "RagCaptionerModel",
     "RagCaptionerOutput",
     "RagCaptionerPreTrainedModel",
