@@ -4,7 +4,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Literal
-from pathlib import Path
 
 import evaluate
 import numpy as np
@@ -12,17 +11,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
+from metrics import metric_path
 
 
 @cache
 def load_metric(name: str) -> evaluate.EvaluationModule:
     """`evaluate.load` of a module shipped in this repository (works offline), once per process: the periodic checks
     and reports reuse it, and `compute` with explicit inputs keeps no state between calls."""
-    path = METRICS_DIR / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"No metric module {name!r} under {METRICS_DIR}.")
-    return evaluate.load(str(path))
+    return evaluate.load(str(metric_path(name)))
 
 
 def unit_rows(embeddings: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
