@@ -4,8 +4,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from transformers import BatchFeature, ProcessorMixin
-from transformers.image_utils import is_valid_image
 
+from .processing_images import validate_images
 from .processing_pose import SequenceSettingsMixin
 
 
@@ -25,23 +25,6 @@ def validate_texts(text: str | Sequence[str], what: str = "caption") -> list[str
         if not sample.strip():
             raise ValueError(f"{what} {index} is empty; every {what} needs at least one word.")
     return texts
-
-
-def validate_images(images) -> list:
-    """A list of images (PIL, numpy or torch); a batched array counts as one image per leading entry."""
-    if is_valid_image(images):
-        is_batched_array = getattr(images, "ndim", 3) == 4
-        return list(images) if is_batched_array else [images]
-    if not isinstance(images, (list, tuple)):
-        raise TypeError(f"images must be an image or a list of images, got a {type(images).__name__}.")
-    if not images:
-        raise ValueError("Got no images; pass at least one.")
-    for index, image in enumerate(images):
-        if not is_valid_image(image):
-            raise TypeError(
-                f"Image {index} is a {type(image).__name__}; pass PIL images, numpy arrays or torch tensors."
-            )
-    return list(images)
 
 
 class VLPProcessor(SequenceSettingsMixin, ProcessorMixin):
@@ -123,4 +106,4 @@ class VLPProcessor(SequenceSettingsMixin, ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "keypoints", "frame_features", "frame_mask"]
 
 
-__all__ = ["VLPProcessor", "validate_images", "validate_texts"]
+__all__ = ["VLPProcessor", "validate_texts"]

@@ -4,8 +4,10 @@ Every group is a dataclass that `HfArgumentParser` turns into flags, so `python 
 all. A task that wants other defaults subclasses a group and overrides the fields (see `Sign2TextTrainingArguments`).
 """
 
+import re
 import sys
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from transformers import HfArgumentParser
 
@@ -65,7 +67,32 @@ class TrainingArguments:
 
 
 @dataclass
-class SignDataArguments:
+class DatasetNameArguments:
+    """The name a model card gives the data: the embedded data set's own, or for the user's files `--dataset_name`
+    (default: the data file's name), so a card never claims a data set the run did not use. Mixed into data argument
+    groups whose `dataset` field is 'synthetic' for the embedded data."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Your data set's name for the model card (runs on your own files; default: the data file's name)."},
+    )
+
+    def __post_init__(self):
+        if self.dataset_name is not None and getattr(self, "dataset", None) == "synthetic":
+            raise ValueError("--dataset_name names your own data; the embedded synthetic data keeps its own name.")
+
+    def card_dataset(self, embedded_name: str, data_file: str | None) -> tuple[str, str]:
+        """`(dataset_name, dataset_type)` for `hub.build_model_card`: `embedded_name` for the embedded data, else
+        `--dataset_name` or the name of `data_file`; the type is the name as a Hub id (lower case, dashes)."""
+        if getattr(self, "dataset", None) == "synthetic":
+            name = embedded_name
+        else:
+            name = self.dataset_name or Path(data_file).name
+        return name, re.sub(r"[^a-z0-9._]+", "-", name.lower()).strip("-")
+
+
+@dataclass
+class SignDataArguments(DatasetNameArguments):
     """Where sign clips come from: the embedded generator or a keypoint table (`data/keypoint_table.py`)."""
 
     dataset: str = field(default="synthetic", metadata={"help": "'synthetic' (embedded, generated from data_seed) or 'keypoint_table'."})
@@ -155,6 +182,7 @@ def arguments_as_dict(*groups) -> dict:
 
 
 __all__ = [
+    "DatasetNameArguments",
     "DecoderLoraArguments",
     "LoraArguments",
     "SequenceTowerArguments",

@@ -294,6 +294,7 @@ class Sign2TextTask(Task):
 
     def card_fields(self, report: EvaluationReport) -> dict:
         args, config = self.model_args, self.model_config
+        dataset_name, dataset_type = self.data_args.card_dataset("synthetic sign clips", self.data_args.eval_table)
         return dict(
             model_id=Path(self.training_args.output_dir).name,
             title="Sign2Text (pose → sentence)",
@@ -301,13 +302,13 @@ class Sign2TextTask(Task):
                 f"A {config.sequence_config.num_hidden_layers}-layer sequence tower over pose keypoints and frame "
                 f"features with a {config.decoder_layers}-layer decoder, trained {self.training_args.max_train_steps} "
                 f"steps with losses generation×{args.generation_weight:g} + CLIP×{args.clip_weight:g} + "
-                f"SupCon×{args.supcon_weight:g} on {self.data_args.dataset} sign clips."
+                f"SupCon×{args.supcon_weight:g} on {dataset_name}."
             ),
             metric_types={"WER": "wer", "BLEU-4": "bleu", "ROUGE-L": "rouge", "text_only_WER": "wer"},
             task_type="translation",
             task_name="Sign language translation",
-            dataset_name=f"{self.data_args.dataset} sign clips",
-            dataset_type=f"{self.data_args.dataset}-sign-clips",
+            dataset_name=dataset_name,
+            dataset_type=dataset_type,
             tags=["sign-language", "pose", "encoder-decoder", "contrastive"],
         )
 

@@ -248,8 +248,10 @@ class VLPTask(Task):
 
     def card_fields(self, report: EvaluationReport) -> dict:
         args, data, training = self.model_args, self.data_args, self.training_args
-        source = "embedded synthetic shapes" if args.modality == "images" else "embedded synthetic sign clips"
-        dataset_name = source if data.dataset == "synthetic" else data.dataset
+        dataset_name, dataset_type = data.card_dataset(
+            "embedded synthetic shapes" if args.modality == "images" else "embedded synthetic sign clips",
+            data.coco_annotation_file if data.dataset == "coco" else data.eval_table,
+        )
         k, batch = training.gradient_accumulation_steps, training.per_device_train_batch_size
         accumulation = f" × {k} micro-batches with cached features (one contrastive batch of {k * batch})" if k > 1 else ""
         return dict(
@@ -268,7 +270,7 @@ class VLPTask(Task):
             task_type="feature-extraction",
             task_name="Cross-modal retrieval",
             dataset_name=dataset_name,
-            dataset_type=dataset_name.replace(" ", "-"),
+            dataset_type=dataset_type,
             tags=["vision-language", "contrastive", "matryoshka", "retrieval", args.modality],
         )
 
