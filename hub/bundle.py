@@ -20,7 +20,7 @@ from typing import Any
 
 import transformers
 from huggingface_hub import ModelCardData
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import Pipeline, PreTrainedModel, ProcessorMixin
 from transformers.dynamic_module_utils import get_relative_imports
 from transformers.tokenization_utils_base import FULL_TOKENIZER_FILE, TOKENIZER_CONFIG_FILE
 from transformers.utils import CONFIG_NAME, PROCESSOR_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
@@ -167,10 +167,20 @@ def _auto_map_entry(cls: type) -> str:
     return f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}"
 
 
-def _update_auto_map(json_path: Path, auto_map: dict[str, str]) -> None:
+def _update_auto_map(json_path: Path, auto_map: dict[str, str], custom_pipelines: dict[str, dict] | None = None) -> None:
     content = json.loads(json_path.read_text(encoding="utf-8"))
     content["auto_map"] = {**content.get("auto_map", {}), **auto_map}
+    if custom_pipelines is not None:
+        content["custom_pipelines"] = custom_pipelines  # replaces any that a reloaded config carried over
+        if not custom_pipelines:
+            del content["custom_pipelines"]
     json_path.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _custom_pipelines(pipelines: dict[str, type]) -> dict[str, dict]:
+    """config.json's `custom_pipelines`: what `transformers.pipeline(task, model=folder, trust_remote_code=True)`
+    reads to import the task's class from the folder's code and to load the model through `AutoModel`."""
+    return {task: {"impl": _auto_map_entry(cls), "pt": ["AutoModel"]} for task, cls in sorted(pipelines.items())}
 
 
 def _placeholder_model_card(model: PreTrainedModel) -> str:
@@ -199,12 +209,13 @@ def _write_checkpoint(
     processor: ProcessorMixin,
     model_card: str,
     model_auto_classes: dict[str, type],
+    pipelines: dict[str, type],
     extra_files: dict[str, Path],
 ) -> None:
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     # Written last: `save_pretrained` of a class registered for an auto class copies its unflattened files here.
-    source_objects = (model.config, processor, *model_auto_classes.values())
+    source_objects = (model.config, processor, *model_auto_classes.values(), *pipelines.values())
     project_packages = _project_packages(*source_objects)
     for name, path in collect_source_files(*source_objects).items():
         (folder / name).write_text(flatten_source(path.read_text(encoding="utf-8"), project_packages), encoding="utf-8")
@@ -212,6 +223,7 @@ def _write_checkpoint(
         folder / CONFIG_NAME,
         {"AutoConfig": _auto_map_entry(type(model.config))}
         | {auto_class: _auto_map_entry(cls) for auto_class, cls in model_auto_classes.items()},
+        _custom_pipelines(pipelines),
     )
     _update_auto_map(folder / PROCESSOR_NAME, {"AutoProcessor": _auto_map_entry(type(processor))})
     for name, path in extra_files.items():
@@ -230,6 +242,18 @@ def _model_auto_classes(model: PreTrainedModel, extra_auto_classes: dict[str, ty
         if not auto_class.startswith("AutoModel") or not hasattr(transformers, auto_class):
             raise ValueError(f"{auto_class!r} is not a transformers AutoModel class (e.g. 'AutoModelForCausalLM').")
     return auto_classes
+
+
+def _model_pipelines(model: PreTrainedModel) -> dict[str, type]:
+    """`{task: Pipeline subclass}` the model declares in `hub_pipelines` (a class attribute, or a property when the
+    tasks depend on the config)."""
+    pipelines = dict(getattr(model, "hub_pipelines", {}))
+    for task, cls in pipelines.items():
+        if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+            raise TypeError(
+                f"hub_pipelines[{task!r}] of {type(model).__name__} is {cls!r}; map each task to a Pipeline subclass."
+            )
+    return pipelines
 
 
 def _checked_extra_files(extra_files: dict[str, str | os.PathLike] | None) -> dict[str, Path]:
@@ -258,7 +282,9 @@ def save_for_hub(
     The folder holds the safetensors weights, the processor files, the flattened code, `auto_map` entries and
     `README.md` (`model_card`, or a placeholder). Besides `AutoModel`, the model loads through the auto classes its
     class lists in `hub_auto_classes` and those `extra_auto_classes` maps to model classes, e.g.
-    `{"AutoModelForCausalLM": MyModel}`. `extra_files` (`{file name: path}`) are copied in beside the weights (data
+    `{"AutoModelForCausalLM": MyModel}`. The `Pipeline` classes of the model's `hub_pipelines` (`{task: class}`) are
+    bundled too and registered in `custom_pipelines`, so `transformers.pipeline(task, model=folder,
+    trust_remote_code=True)` works. `extra_files` (`{file name: path}`) are copied in beside the weights (data
     the model reads with `cached_file`, e.g. a search index). Everything is written to a temporary sibling folder first and
     swapped in at the end, so a failure leaves no partial folder behind and an existing `output_dir` untouched.
     """
@@ -266,6 +292,7 @@ def save_for_hub(
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f"{output_dir} exists and is not a folder; pass a folder path for the checkpoint.")
     model_auto_classes = _model_auto_classes(model, extra_auto_classes or {})
+    pipelines = _model_pipelines(model)
     extra_files = _checked_extra_files(extra_files)
     _check_sub_processors(processor)
 
@@ -280,6 +307,7 @@ def save_for_hub(
             processor,
             model_card or _placeholder_model_card(model),
             model_auto_classes,
+            pipelines,
             extra_files,
         )
         if output_dir.exists():
@@ -334,7 +362,10 @@ def verify_checkpoint(folder: str | os.PathLike) -> None:
     else:
         required[SAFE_WEIGHTS_NAME] = "weights"
     auto_maps = {name: _read_json(folder / name).get("auto_map", {}) for name in (CONFIG_NAME, PROCESSOR_NAME)}
-    required |= {name: "code" for name in _code_files(folder, auto_maps[CONFIG_NAME] | auto_maps[PROCESSOR_NAME])}
+    custom_pipelines = _read_json(folder / CONFIG_NAME).get("custom_pipelines", {})
+    pipeline_impls = {f"pipeline {task!r}": entry["impl"] for task, entry in custom_pipelines.items()}
+    code_references = auto_maps[CONFIG_NAME] | auto_maps[PROCESSOR_NAME] | pipeline_impls
+    required |= {name: "code" for name in _code_files(folder, code_references)}
 
     missing = [f"{name} ({what})" for name, what in sorted(required.items()) if not (folder / name).is_file()]
     missing += [
@@ -342,6 +373,12 @@ def verify_checkpoint(folder: str | os.PathLike) -> None:
         for config_name, auto_classes in _REQUIRED_AUTO_CLASSES.items()
         for auto_class in auto_classes
         if (folder / config_name).is_file() and auto_class not in auto_maps[config_name]
+    ]
+    missing += [
+        f"{CONFIG_NAME} auto_map[{auto_class!r}] (pipeline {task!r} loads the model through it)"
+        for task, entry in custom_pipelines.items()
+        for auto_class in entry.get("pt", ())
+        if auto_class not in auto_maps[CONFIG_NAME]
     ]
     if missing:
         raise FileNotFoundError(

@@ -25,6 +25,7 @@ def build_model_card(
     license: str = "apache-2.0",
     base_models: list[str] | None = None,
     pipeline_tag: str | None = None,
+    pipeline_usage: str | None = None,
 ) -> str:
     """
     Render the card template (`hub/model_card_template.md`) into a `README.md` for `model_id`.
@@ -32,6 +33,8 @@ def build_model_card(
     Each entry of `results` (metric name -> value) becomes a row of the results table and an `EvalResult` in the
     front matter, so the Hub's leaderboard shows the same numbers as the text. `metric_types` gives the Hub metric id
     of a result (e.g. `{"BLEU-4": "bleu"}`); it defaults to the result's name. `dataset_type` is the Hub dataset id.
+    `pipeline_usage` is Python code calling `transformers.pipeline` on the model (see `pipeline_card_fields`); the
+    card shows it first under Usage.
     """
     if not results:
         raise ValueError("`results` is empty; a model card reports at least one evaluation number.")
@@ -75,5 +78,12 @@ def build_model_card(
         results=results,
         task_name=task_name,
         dataset_name=dataset_name,
+        pipeline_usage=pipeline_usage,
     )
     return str(card)
+
+
+def pipeline_card_fields(pipeline_class: type, model_id: str) -> dict[str, str]:
+    """`pipeline_tag` and `pipeline_usage` of `build_model_card` for a model whose `hub_pipelines` holds
+    `pipeline_class`: the class's `hub_pipeline_tag` (a task the Hub knows) and its `usage` code for `model_id`."""
+    return {"pipeline_tag": pipeline_class.hub_pipeline_tag, "pipeline_usage": pipeline_class.usage.format(model_id=model_id)}

@@ -19,6 +19,7 @@ from transformers.utils import ModelOutput
 
 from configuration.configuration_sequence import SequenceEncoderConfig
 from configuration.configuration_sign2text import Sign2TextConfig
+from processing.pipeline_sign2text import Sign2TextPipeline
 from .modeling_contrastive import EmbeddingMemory, clip_loss, supervised_contrastive_loss
 from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import ProjectionHead
@@ -242,6 +243,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
 
     _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
     hub_auto_classes = ("AutoModelForSeq2SeqLM",)  # `hub.save_for_hub` registers these besides AutoModel
+    hub_pipelines = {"sign-language-translation": Sign2TextPipeline}  # `transformers.pipeline` tasks it registers
 
     def __init__(self, config: Sign2TextConfig):
         super().__init__(config)

@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 
 from configuration.configuration_sequence import SequenceEncoderConfig
 from configuration.configuration_vlp import VLPConfig
+from processing.pipeline_vlp import VLPZeroShotImagePipeline, VLPZeroShotSignPipeline
 from .modeling_contrastive import clip_loss, gather_with_grad, siglip_loss
 from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import MatryoshkaProjection, matryoshka_prefixes
@@ -84,6 +85,16 @@ class VLPModel(FreezeAfterLoadingMixin, VLPPreTrainedModel):
         self.logit_bias = nn.Parameter(torch.tensor(config.logit_bias_init_value))
         self.post_init()
         self._apply_freezing()
+
+    @property
+    def hub_pipelines(self) -> dict[str, type]:
+        """The `transformers.pipeline` tasks `hub.save_for_hub` registers: one per visual tower this model has."""
+        pipelines = {}
+        if self.config.vision_config is not None:
+            pipelines["zero-shot-image-classification"] = VLPZeroShotImagePipeline
+        if self.config.sequence_config is not None:
+            pipelines["zero-shot-sign-classification"] = VLPZeroShotSignPipeline
+        return pipelines
 
     def _apply_freezing(self) -> None:
         if self.config.freeze_vision_tower and self.vision_model is not None:

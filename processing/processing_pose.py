@@ -1,7 +1,8 @@
 """Validation, normalisation and padding of sign-language sequences (shared by the VLP and Sign2Text processors)."""
 
+import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -138,6 +139,39 @@ def prepare_sequences(
     return batch
 
 
+def load_clip(clip, use_keypoints: bool, use_visual_features: bool) -> dict[str, np.ndarray | None]:
+    """One sign clip as a pipeline or the demo takes it, as the `keypoints` / `frame_features` arrays a model reads
+    (`None` for a stream it does not read).
+
+    `clip` is a `(frames, keypoints, dims)` keypoint array, a `.npy` path holding one, a `.npz` path or a mapping
+    with `keypoints` and/or `frame_features`. A stream the model reads but the clip lacks is an error that says so.
+    """
+    if isinstance(clip, (str, os.PathLike)):
+        path = os.fspath(clip)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Sign clip {path} does not exist; pass a .npy of keypoints or a .npz.")
+        if path.endswith(".npz"):
+            with np.load(path) as archive:
+                clip = {name: archive[name] for name in archive.files}
+        elif path.endswith(".npy"):
+            clip = {"keypoints": np.load(path)}
+        else:
+            raise ValueError(f"Sign clip {path} is neither .npy (keypoints) nor .npz (keypoints, frame_features).")
+    elif not isinstance(clip, Mapping):
+        clip = {"keypoints": clip}
+    unknown = sorted(set(clip) - {"keypoints", "frame_features"})
+    if unknown:
+        raise ValueError(f"A sign clip holds `keypoints` and/or `frame_features`, not {unknown}.")
+    streams = {"keypoints": use_keypoints, "frame_features": use_visual_features}
+    missing = [name for name, used in streams.items() if used and clip.get(name) is None]
+    if missing:
+        raise ValueError(
+            f"This model reads {' and '.join(name for name, used in streams.items() if used)} but the clip has no "
+            f"{' or '.join(missing)}; pass a mapping or .npz holding {', '.join(missing)} too."
+        )
+    return {name: np.asarray(clip[name], dtype=np.float32) if used else None for name, used in streams.items()}
+
+
 class SequenceSettingsMixin:
     """The pose/feature preprocessing settings a processor carries (and saves), and the call that applies them."""
 
@@ -173,4 +207,4 @@ class SequenceSettingsMixin:
         )
 
 
-__all__ = ["SequenceSettingsMixin", "prepare_sequences"]
+__all__ = ["SequenceSettingsMixin", "load_clip", "prepare_sequences"]

@@ -18,8 +18,10 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from configuration import Sign2TextConfig
+from hub import pipeline_card_fields
 from modeling import Sign2TextModel, VLPModel
 from processing import PoseAugmentation, Sign2TextProcessor
+from processing.pipeline_sign2text import Sign2TextPipeline
 from train.arguments import DecoderLoraArguments, SequenceTowerArguments, SignDataArguments, TrainingArguments
 from train.backbones import load_tokenizer, offline_model_dir
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
@@ -295,8 +297,10 @@ class Sign2TextTask(Task):
     def card_fields(self, report: EvaluationReport) -> dict:
         args, config = self.model_args, self.model_config
         dataset_name, dataset_type = self.data_args.card_dataset("synthetic sign clips", self.data_args.eval_table)
+        model_id = Path(self.training_args.output_dir).name
         return dict(
-            model_id=Path(self.training_args.output_dir).name,
+            **pipeline_card_fields(Sign2TextPipeline, model_id),
+            model_id=model_id,
             title="Sign2Text (pose → sentence)",
             summary=(
                 f"A {config.sequence_config.num_hidden_layers}-layer sequence tower over pose keypoints and frame "

@@ -16,8 +16,10 @@ from peft import PeftModel
 from configuration import VLPConfig
 from data.coco_karpathy import load_coco_karpathy
 from data.synthetic_shapes import make_shapes_splits
+from hub import pipeline_card_fields
 from modeling import VLPModel
 from processing import VLPProcessor
+from processing.pipeline_vlp import VLPZeroShotImagePipeline, VLPZeroShotSignPipeline
 from train.arguments import LoraArguments, SequenceTowerArguments, SignDataArguments, TrainingArguments
 from train.backbones import load_image_processor, load_tokenizer, tiny_text_config, tiny_vision_config
 from train.diagnostics import CollapseCallback, CollapseMonitor, embedding_check_arguments
@@ -254,8 +256,11 @@ class VLPTask(Task):
         )
         k, batch = training.gradient_accumulation_steps, training.per_device_train_batch_size
         accumulation = f" × {k} micro-batches with cached features (one contrastive batch of {k * batch})" if k > 1 else ""
+        model_id = Path(training.output_dir).name
+        pipeline_class = VLPZeroShotImagePipeline if args.modality == "images" else VLPZeroShotSignPipeline
         return dict(
-            model_id=Path(training.output_dir).name,
+            **pipeline_card_fields(pipeline_class, model_id),
+            model_id=model_id,
             title=f"VLP dual encoder ({args.modality})",
             summary=(
                 f"A contrastive vision–language dual encoder ({args.pooling_type} pooling, {args.loss_type} loss, "

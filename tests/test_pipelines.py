@@ -1,0 +1,171 @@
+"""`transformers.pipeline` on saved folders, in a fresh process where the project cannot be imported: the pipeline
+classes travel with the code (`custom_pipelines` in config.json) and give what the model computes in-process."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.pipelines import get_supported_tasks
+
+from conftest import tiny_vlp_config
+from configuration import SequenceEncoderConfig, Sign2TextConfig
+from fresh_process import run_outside_project
+from hub import build_model_card, pipeline_card_fields, save_for_hub, verify_checkpoint
+from modeling import Sign2TextModel, VLPModel
+from processing import Sign2TextProcessor, VLPProcessor
+from processing.pipeline_sign2text import Sign2TextPipeline
+from processing.pipeline_vlp import VLPZeroShotImagePipeline, VLPZeroShotSignPipeline
+from train.backbones import load_image_processor, tiny_text_config
+
+LABELS = ["a red circle in the middle", "a blue square at the top", "a green triangle"]
+SENTENCES = ["where is the station", "i like coffee"]
+
+PIPELINE_SCRIPT = """
+import json
+from PIL import Image
+from transformers import pipeline
+
+vlp, sign2text, clip_npz, keypoints_npy, output = sys.argv[1:6]
+labels, sentences = {labels!r}, {sentences!r}
+classify = pipeline("zero-shot-image-classification", model=vlp, trust_remote_code=True)
+match = pipeline("zero-shot-sign-classification", model=vlp, trust_remote_code=True)
+translate = pipeline(model=sign2text, trust_remote_code=True)  # its one custom task is found without naming it
+results = {{
+    "classes": [type(p).__module__ + "." + type(p).__name__ for p in (classify, match, translate)],
+    "task": translate.task,
+    "image": classify(Image.new("RGB", (40, 30), "red"), candidate_labels=labels),
+    "clip": match(clip_npz, candidate_labels=sentences),
+    "translation": translate(keypoints_npy),
+    "beams": translate(keypoints_npy, num_beams=2),
+}}
+with open(output, "w") as handle:
+    json.dump(results, handle)
+""".format(labels=LABELS, sentences=SENTENCES)
+
+
+@pytest.fixture(scope="module")
+def vlp(tokenizer):
+    torch.manual_seed(0)
+    config = tiny_vlp_config(text_config=tiny_text_config(vocab_size=len(tokenizer), hidden_size=32, num_layers=1))
+    processor = VLPProcessor(load_image_processor(None, 32), tokenizer, max_frames=16, feature_dim=8)
+    return VLPModel(config).eval(), processor
+
+
+@pytest.fixture(scope="module")
+def sign2text(tokenizer):
+    torch.manual_seed(0)
+    config = Sign2TextConfig(
+        sequence_config=SequenceEncoderConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_frames=16
+        ),
+        text_config=tiny_text_config(hidden_size=32, num_layers=1),
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_target_length=8, projection_dim=16,
+    )
+    return Sign2TextModel(config).eval(), Sign2TextProcessor(tokenizer, max_target_length=8, max_frames=16)
+
+
+@pytest.fixture(scope="module")
+def clip() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"keypoints": rng.normal(size=(12, 21, 2)).astype(np.float32), "frame_features": rng.normal(size=(12, 8)).astype(np.float32)}
+
+
+def expected_scores(model, inputs, labels) -> list[dict]:
+    """What the pipelines must return: the model's softmax over the candidates, best first."""
+    with torch.no_grad():
+        scores = model(**inputs).logits_per_visual[0].softmax(-1).tolist()
+    return [{"score": s, "label": label} for s, label in sorted(zip(scores, labels), key=lambda pair: -pair[0])]
+
+
+def assert_same_ranking(found, expected):
+    assert [item["label"] for item in found] == [item["label"] for item in expected]
+    assert np.allclose([item["score"] for item in found], [item["score"] for item in expected], atol=1e-5)
+
+
+def test_task_names_against_the_installed_transformers():
+    """The image task is transformers' own name (the custom class overrides it for this model); the other two are
+    custom names that shadow nothing."""
+    supported = get_supported_tasks()
+    assert "zero-shot-image-classification" in supported
+    assert "zero-shot-sign-classification" not in supported and "sign-language-translation" not in supported
+
+
+def test_pipelines_run_from_the_saved_folders_in_a_fresh_process(vlp, sign2text, clip, tmp_path):
+    (vlp_model, vlp_processor), (s2t_model, s2t_processor) = vlp, sign2text
+    vlp_dir = save_for_hub(vlp_model, vlp_processor, tmp_path / "vlp")
+    s2t_dir = save_for_hub(s2t_model, s2t_processor, tmp_path / "sign2text")
+    assert json.loads((s2t_dir / "config.json").read_text())["custom_pipelines"] == {
+        "sign-language-translation": {"impl": "pipeline_sign2text.Sign2TextPipeline", "pt": ["AutoModel"]}
+    }
+    np.savez(tmp_path / "clip.npz", **clip)
+    np.save(tmp_path / "keypoints.npy", clip["keypoints"])
+    output = tmp_path / "results.json"
+    run_outside_project(PIPELINE_SCRIPT, [vlp_dir, s2t_dir, tmp_path / "clip.npz", tmp_path / "keypoints.npy", output], tmp_path)
+    results = json.loads(output.read_text())
+
+    assert [name.rpartition(".")[2] for name in results["classes"]] == [
+        "VLPZeroShotImagePipeline", "VLPZeroShotSignPipeline", "Sign2TextPipeline"
+    ]
+    assert all(name.startswith("transformers_modules.") for name in results["classes"])
+    assert results["task"] == "sign-language-translation"
+    image_inputs = {**vlp_processor(text=LABELS), **vlp_processor(images=[Image.new("RGB", (40, 30), "red")])}
+    assert_same_ranking(results["image"], expected_scores(vlp_model, image_inputs, LABELS))
+    clip_inputs = {**vlp_processor(text=SENTENCES), **vlp_processor(keypoints=[clip["keypoints"]], frame_features=[clip["frame_features"]])}
+    assert_same_ranking(results["clip"], expected_scores(vlp_model, clip_inputs, SENTENCES))
+    keypoints = s2t_processor(keypoints=[clip["keypoints"]])
+    for key, num_beams in (("translation", 1), ("beams", 2)):
+        expected = s2t_processor.batch_decode(s2t_model.generate(**keypoints, num_beams=num_beams))[0]
+        assert results[key] == {"translation_text": expected}
+
+
+def test_a_model_registers_a_pipeline_per_visual_tower(vlp):
+    both = vlp[0].hub_pipelines
+    assert both == {"zero-shot-image-classification": VLPZeroShotImagePipeline, "zero-shot-sign-classification": VLPZeroShotSignPipeline}
+    images_only = VLPModel(tiny_vlp_config(sequence_config=None))
+    assert images_only.hub_pipelines == {"zero-shot-image-classification": VLPZeroShotImagePipeline}
+
+
+def test_pipeline_inputs_are_checked_with_clear_errors(vlp, sign2text, clip, tmp_path):
+    match = VLPZeroShotSignPipeline(model=vlp[0], processor=vlp[1], device=-1)
+    with pytest.raises(ValueError, match="the clip has no frame_features; pass a mapping or .npz"):
+        match(clip["keypoints"], candidate_labels=SENTENCES)
+    with pytest.raises(ValueError, match="Pass candidate_labels"):
+        match(clip)
+    classify = VLPZeroShotImagePipeline(model=vlp[0], processor=vlp[1], device=-1)
+    with pytest.raises(ValueError, match="Image 0 is empty"):
+        classify(Image.new("RGB", (0, 0)), candidate_labels=LABELS)
+    translate = Sign2TextPipeline(model=sign2text[0], processor=sign2text[1], device=-1)
+    with pytest.raises(FileNotFoundError, match="missing.npy does not exist"):
+        translate(str(tmp_path / "missing.npy"))
+    with pytest.raises(ValueError, match=r"Keypoints of sequence 0 have shape \(12, 5, 2\)"):
+        translate(clip["keypoints"][:, :5])
+    batch = translate([clip["keypoints"], clip["keypoints"][:6]])
+    assert len(batch) == 2 and all(set(item) == {"translation_text"} for item in batch)
+
+
+def test_save_for_hub_refuses_a_non_pipeline_and_verify_names_a_missing_pipeline_file(sign2text, tmp_path, monkeypatch):
+    model, processor = sign2text
+    folder = save_for_hub(model, processor, tmp_path / "sign2text")
+    (folder / "pipeline_sign2text.py").unlink()
+    with pytest.raises(FileNotFoundError, match=r"pipeline_sign2text.py \(code\)"):
+        verify_checkpoint(folder)
+    monkeypatch.setattr(Sign2TextModel, "hub_pipelines", {"sign-language-translation": Sign2TextProcessor})
+    with pytest.raises(TypeError, match="map each task to a Pipeline subclass"):
+        save_for_hub(model, processor, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+
+def test_cards_carry_the_pipeline_tag_and_the_pipeline_call():
+    card = build_model_card(
+        model_id="me/sign2text", title="t", summary="s", body_markdown="", results={"WER": 1.0}, task_type="translation",
+        task_name="Sign language translation", dataset_name="d", dataset_type="d", tags=[],
+        **pipeline_card_fields(Sign2TextPipeline, "me/sign2text"),
+    )
+    assert "pipeline_tag: translation" in card
+    assert 'pipeline("sign-language-translation", model="me/sign2text", trust_remote_code=True)' in card
+    assert "pipeline_tag" not in build_model_card(
+        model_id="m", title="t", summary="s", body_markdown="", results={"R@1": 1.0}, task_type="x", task_name="x",
+        dataset_name="d", dataset_type="d", tags=[],
+    )
