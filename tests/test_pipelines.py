@@ -9,15 +9,16 @@ import torch
 from PIL import Image
 from transformers.pipelines import get_supported_tasks
 
+import tiny_models
 from conftest import tiny_vlp_config
-from configuration import SequenceEncoderConfig, Sign2TextConfig
 from fresh_process import run_outside_project
 from hub import build_model_card, pipeline_card_fields, save_for_hub, verify_checkpoint
 from modeling import Sign2TextModel, VLPModel
-from processing import Sign2TextProcessor, VLPProcessor
+from processing import Sign2TextProcessor
+from processing.pipeline_mmcot import MMCoTPipeline
+from processing.pipeline_rag_captioner import RagCaptioningPipeline
 from processing.pipeline_sign2text import Sign2TextPipeline
 from processing.pipeline_vlp import VLPZeroShotImagePipeline, VLPZeroShotSignPipeline
-from train.backbones import load_image_processor, tiny_text_config
 
 LABELS = ["a red circle in the middle", "a blue square at the top", "a green triangle"]
 SENTENCES = ["where is the station", "i like coffee"]
@@ -47,23 +48,12 @@ with open(output, "w") as handle:
 
 @pytest.fixture(scope="module")
 def vlp(tokenizer):
-    torch.manual_seed(0)
-    config = tiny_vlp_config(text_config=tiny_text_config(vocab_size=len(tokenizer), hidden_size=32, num_layers=1))
-    processor = VLPProcessor(load_image_processor(None, 32), tokenizer, max_frames=16, feature_dim=8)
-    return VLPModel(config).eval(), processor
+    return tiny_models.vlp(tokenizer)
 
 
 @pytest.fixture(scope="module")
 def sign2text(tokenizer):
-    torch.manual_seed(0)
-    config = Sign2TextConfig(
-        sequence_config=SequenceEncoderConfig(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_frames=16
-        ),
-        text_config=tiny_text_config(hidden_size=32, num_layers=1),
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, max_target_length=8, projection_dim=16,
-    )
-    return Sign2TextModel(config).eval(), Sign2TextProcessor(tokenizer, max_target_length=8, max_frames=16)
+    return tiny_models.sign2text(tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +159,34 @@ def test_cards_carry_the_pipeline_tag_and_the_pipeline_call():
         model_id="m", title="t", summary="s", body_markdown="", results={"R@1": 1.0}, task_type="x", task_name="x",
         dataset_name="d", dataset_type="d", tags=[],
     )
+
+
+def test_captioning_and_chain_of_thought_pipelines_give_what_the_models_compute(tokenizer):
+    """In-process until their model classes list these pipelines in `hub_pipelines` (then the fresh-process test
+    above covers them too)."""
+    built = tiny_models.build_all(tokenizer)
+    image = Image.new("RGB", (40, 30), "red")
+    model, processor = built["rag"]
+    captioner = RagCaptioningPipeline(model=model, processor=processor, device=-1)
+    pixel_values = processor(images=[image])["pixel_values"]
+    retrieved = model.retrieve(pixel_values)
+    caption = processor.batch_decode(model.generate(pixel_values=pixel_values))[0]
+    result = captioner(image, return_neighbours=True)
+    assert caption.strip() and result["generated_text"] == caption
+    assert [n["caption"] for n in result["retrieved_captions"]] == retrieved.captions[0]
+    assert np.allclose([n["score"] for n in result["retrieved_captions"]], retrieved.scores[0], atol=1e-6)
+    assert set(captioner([image])[0]) == {"generated_text"}
+    with pytest.raises(ValueError, match="writes without a prompt"):
+        captioner(image, text="Describe this picture")
+
+    model, processor = built["mmcot"]
+    solver = MMCoTPipeline(model=model, processor=processor, device=-1)
+    problem = {"question": "Which is a mammal?", "choices": ["frog", "whale"], "hint": "", "image": image}
+    expected = model.solve(processor, problem)
+    assert expected.rationale.strip()
+    assert solver(problem) == {
+        "rationale": expected.rationale, "answer_text": expected.answer_text, "choice_index": expected.choice_index,
+        "letter": expected.letter, "choice": expected.choice,
+    }
+    with pytest.raises(ValueError, match="A problem is a dict with 'question', 'choices'"):
+        solver({"question": "Why?"})
