@@ -48,7 +48,7 @@ def running_app(arguments: list[str], log_path: Path, env: dict | None = None, s
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, str(APP), *arguments, "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent,
+            env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}/"
         try:
@@ -192,7 +192,7 @@ def main() -> None:
     log = args.out.resolve() / "demo-app.log"
     args.out.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"}
-    with running_app([str(Path(a).resolve()) if Path(a).exists() else a for a in app_arguments], log, env) as url:
+    with running_app(app_arguments, log, env) as url:
         with chromium(url) as browser:
             for path in take_screenshots(browser, args.out.resolve()):
                 print(path)
