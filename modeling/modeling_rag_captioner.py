@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
@@ -56,17 +56,18 @@ class RagCaptionerOutput(ModelOutput):
         Next-token scores of the decoder. With `labels`, only from the position before the first caption token on
         (`length` = the caption width + 1): the loss needs no scores over the prompt.
     cache (`Cache`, *optional*):
-        The decoder's self- and cross-attention keys/values, when caching (transformers ≥ 5.24).
-    past_key_values (`Cache`, *optional*):
-        The same under its name before transformers 5.24 (`CACHE_NAME` says which one is filled).
+        The decoder's self- and cross-attention keys/values, when caching; named `past_key_values` before
+        transformers 5.24 (`CACHE_NAME`).
     """
 
     loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    past_key_values: Cache | None = None
+    if CACHE_NAME == "cache":
+        cache: Cache | None = None
+    else:  # transformers < 5.24, where 5.24's `past_key_values` alias of `cache` does not exist yet
+        past_key_values: Cache | None = None
 
 
 def retriever_lambda_schedule(step: int, total_steps: int, peak: float, warmup_ratio: float = 0.1) -> float:
@@ -119,6 +120,9 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             its prompt during `generate`.
     Both tokenizers are set with `set_tokenizers` (or by `from_vlp`) and saved in sub-folders of the model folder.
     """
+
+    # `hub.save_for_hub` registers these besides AutoModel: transformers files its own captioners (BLIP, GIT) there.
+    hub_auto_classes = ("AutoModelForImageTextToText",)
 
     def __init__(self, config: RagCaptionerConfig):
         super().__init__(config)
@@ -190,9 +194,10 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             config_kwargs: further `RagCaptionerConfig` fields (fusion, num_retrieved, index_factory, ...).
         """
         vlp = VLPModel.from_pretrained(retriever_model_name_or_path)
-        # The tokenizer is a transformers class; the folder's remote code (the VLP model) is not needed to read it.
+        # The tokenizer is a transformers class named in tokenizer_config.json. An empty config keeps AutoTokenizer from
+        # reading the folder's config, whose model type only the folder's remote code knows.
         retriever_tokenizer = retriever_tokenizer or AutoTokenizer.from_pretrained(
-            retriever_model_name_or_path, trust_remote_code=False
+            retriever_model_name_or_path, config=PreTrainedConfig(), trust_remote_code=False
         )
         if decoder_model_name_or_path is not None:
             decoder_config = AutoConfig.from_pretrained(decoder_model_name_or_path)
@@ -521,8 +526,8 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
         ):
             subfolder = "/".join(part for part in (hub_kwargs.get("subfolder", ""), folder) if part)
             try:
-                tokenizers[name] = AutoTokenizer.from_pretrained(
-                    pretrained_model_name_or_path, **(hub_kwargs | {"subfolder": subfolder})
+                tokenizers[name] = AutoTokenizer.from_pretrained(  # an empty config: see `from_vlp`
+                    pretrained_model_name_or_path, config=PreTrainedConfig(), **(hub_kwargs | {"subfolder": subfolder})
                 )
             except OSError:  # saved without this tokenizer: the operations that need it say so
                 tokenizers[name] = None

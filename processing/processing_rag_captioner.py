@@ -10,9 +10,9 @@ its prompts with `encode_decoder_inputs` too):
 Only the caption and [end] are predicted (labels elsewhere are -100).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from transformers import BatchFeature, ProcessorMixin
+from transformers import BatchFeature, BertTokenizer, ProcessorMixin
 
 from .processing_vlp import validate_images, validate_texts
 
@@ -101,6 +101,22 @@ def encode_decoder_inputs(
     return encoded
 
 
+def train_caption_tokenizer(captions: Iterable[str], vocab_size: int = 1000) -> BertTokenizer:
+    """An uncased WordPiece tokenizer of at most `vocab_size` tokens learnt from `captions` ([PAD]=0, [UNK]=1,
+    [CLS]=2, [SEP]=3; [MASK] last). A decoder trained from scratch on one caption corpus needs few tokens: its output
+    layer over the 30,522-token BERT vocabulary would cost most of a training step on CPU."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"], show_progress=False
+    )
+    tokenizer.train_from_iterator(captions, trainer)
+    return BertTokenizer(vocab=tokenizer.get_vocab(), do_lower_case=True)
+
+
 class RagCaptionerProcessor(ProcessorMixin):
     r"""
     Wraps an image processor (RGB conversion, resizing, normalisation: images of any PIL mode or size) and the
@@ -169,5 +185,6 @@ __all__ = [
     "RagCaptionerProcessor",
     "decoder_special_ids",
     "encode_decoder_inputs",
+    "train_caption_tokenizer",
     "validate_retrieved_captions",
 ]

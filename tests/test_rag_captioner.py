@@ -478,7 +478,8 @@ def test_decoder_lora_touches_only_layers_from_one_up(trained, processor, shapes
     assert trainable and all("lora_" in name for name in trainable)
     assert all(".decoder.transformer.h.1." in name or ".decoder.transformer.h.2." in name for name in trainable)
     frozen_before = {name: p.detach().clone() for name, p in peft_model.named_parameters() if not p.requires_grad}
-    batch = training_batch(base, processor, shapes, datastore, pixel_values, own_excluded_neighbours(base, datastore, pixel_values))
+    # The new model has no datastore; the trained one's retrieval gives the same batch.
+    batch = training_batch(trained, processor, shapes, datastore, pixel_values, own_excluded_neighbours(trained, datastore, pixel_values))
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
         loss = peft_model(**batch).loss
