@@ -18,15 +18,18 @@ nearest retrieved caption used as the caption, and the retriever's image→capti
 
 import json
 import logging
+import os
 import shlex
+import subprocess
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.state import AcceleratorState
-from accelerate.utils import broadcast_object_list
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from peft import PeftModel
 from transformers import AutoImageProcessor, BertTokenizer, GPT2Config
 
@@ -43,7 +46,6 @@ from train.arguments import DecoderLoraArguments, TrainingArguments, parse_argum
 from train.evaluation import encode_pairs, load_metric, map_sharded, retrieval_report
 from train.lora import apply_lora
 from train.runner import EvaluationReport, Task, run
-from train.vlp import VLPTask
 
 logger = logging.getLogger(__name__)
 
@@ -512,8 +514,11 @@ def plot_retrieval_examples(images: list, entries: list[dict], path: Path, colum
 
 
 def ensure_retriever(argv: list[str] | None = None) -> None:
-    """Train the VLP retriever through the same runner if `--retriever_model_name_or_path` names a local `final`
-    folder that does not exist yet (the default run on a fresh machine), on the same data as the captioner."""
+    """Train the VLP retriever with train/vlp.py first if `--retriever_model_name_or_path` names a local `final` folder
+    that does not exist yet (the default run on a fresh machine), on the same data as the captioner.
+
+    The main process trains it in a child process while the others wait: a finished run ends its process group, and
+    a group started again in the same processes can meet the old one's addresses in the launcher's store."""
     model_args, _, _, data_args, training_args = parse_arguments(*RagCaptionerTask.argument_groups, argv=argv)
     path = Path(model_args.retriever_model_name_or_path)
     if path.exists() or path.name != "final":
@@ -525,12 +530,21 @@ def ensure_retriever(argv: list[str] | None = None) -> None:
     else:
         vlp_argv += ["--coco_annotation_file", data_args.coco_annotation_file, "--coco_image_root", data_args.coco_image_root]
     vlp_argv += shlex.split(model_args.train_retriever_args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logger.warning("%s does not exist: training the VLP retriever first (train/vlp.py %s)", path, " ".join(vlp_argv))
-    final = run(VLPTask, vlp_argv)
-    # The finished run ended its process group; the captioner's run starts a fresh one.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    logger.warning("Trained the VLP retriever into %s; now training the captioner", final)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it: CPU ranks are ranks too
+    if state.is_main_process:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        logger.warning("%s does not exist: training the VLP retriever first (train/vlp.py %s)", path, " ".join(vlp_argv))
+        # One process on all the cores; the child must not join this launch's process group.
+        env = {name: value for name, value in os.environ.items() if name not in DISTRIBUTED_ENV}
+        subprocess.run([sys.executable, str(Path(__file__).with_name("vlp.py")), *vlp_argv], env=env, check=False)
+    state.wait_for_everyone()
+    if not path.is_dir():
+        raise RuntimeError(f"Training the VLP retriever into {path.parent} failed (its log is above); fix it or pass --retriever_model_name_or_path.")
+    logger.warning("Trained the VLP retriever into %s; now training the captioner", path)
+
+
+# Variables through which a launcher makes a process one rank of a group.
+DISTRIBUTED_ENV = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_USE_AGENT_STORE"})
 
 
 def main(argv: list[str] | None = None) -> Path:
