@@ -50,8 +50,10 @@ from train.runner import EvaluationReport, Task, run
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETRIEVER = "outputs/vlp-images/final"
-# Modules new to the captioner: trained in full under decoder LoRA too (there are no pretrained weights to adapt).
-NEW_MODULES = ("image_projection", "retrieval_projection", "retrieval_scale")
+# Modules new to the captioner: trained in full under decoder LoRA too (there are no pretrained weights to adapt), and
+# saved with the adapter. The concat fusion's `retrieval_scale` is trained too; being a bare parameter, it reaches the
+# merged final model but not the adapter folder.
+NEW_MODULES = ("image_projection", "retrieval_projection")
 CHECK_SAMPLE_SIZE = 64
 ABLATIONS = ("retrieval", "no_retrieval", "random_retrieval", "oracle_retrieval")
 
@@ -208,11 +210,12 @@ class RagCaptionerTask(Task):
         self._build_datastore(model, train_set)
         if self.lora_args.lora_decoder_from_layer >= 0:
             rank = self.lora_args.lora_rank
-            model = apply_lora(model, {}, first_layer={"decoder": self.lora_args.lora_decoder_from_layer}, r=rank, alpha=2 * rank)
-            for name in NEW_MODULES:  # peft froze them with the rest; a merge leaves them as trained
-                module = getattr(model.base_model.model, name, None)
-                if module is not None:
-                    module.requires_grad_(True)
+            heads = [name for name in NEW_MODULES if getattr(model, name, None) is not None]
+            model = apply_lora(
+                model, {}, first_layer={"decoder": self.lora_args.lora_decoder_from_layer}, r=rank, alpha=2 * rank, modules_to_save=heads
+            )
+            if model.base_model.model.retrieval_scale is not None:  # a bare parameter, which modules_to_save cannot name
+                model.base_model.model.retrieval_scale.requires_grad_(True)
         return model
 
     def _caption_tokenizer(self, train_set):
