@@ -277,7 +277,12 @@ def build_demo(sources: dict[str, str | None]) -> gr.Blocks:
                     gr.Markdown(f"No model loaded. Train one with `{command}` (writes `{default}`) or pass `--{name} FOLDER_OR_HUB_ID`.")
                     continue
                 gr.Markdown(f"Model: `{sources[name]}`")
-                TABS[name](*load_model(sources[name])).build()
+                try:
+                    tab = TABS[name](*load_model(sources[name]))
+                except ValueError as error:  # a model of the wrong kind for this tab, e.g. a sign-clip VLP
+                    gr.Markdown(f"This model cannot serve this tab: {error}")
+                    continue
+                tab.build()
     return demo
 
 

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("gradio", reason="the demo page needs the `demo` extra: pip install -e '.[demo]'")
@@ -76,6 +77,20 @@ def test_sign_tab_translates_an_example_clip_and_draws_its_pose(browser, models)
     wait_for(browser, lambda: text_of(browser, "sign-text") == translation, f"the translation {translation!r}")
     assert text_of(browser, "sign-reference") == reference == str(tab.examples[3]["sentence"])
     wait_for(browser, lambda: has_images(browser, "sign-pose"), "the pose drawing")
+
+
+def test_sign_tab_translates_an_uploaded_npy(browser, models, tmp_path):
+    tab = demo_app.SignTab(*models["sign2text"])
+    path = tmp_path / "my_clip.npy"
+    np.save(path, tab.examples[5]["keypoints"][::2])  # a clip of the user's: every other frame of an example
+    open_tab(browser, "Sign clip → text")
+    browser.find_element(By.CSS_SELECTOR, "#sign-upload input[type=file]").send_keys(str(path))
+    wait_for(browser, lambda: "my_clip" in browser.find_element(By.ID, "sign-upload").text, "the uploaded file")
+    press(browser, "sign-run")
+    translation, reference, _ = tab.translate(None, str(path))
+    assert translation.strip() and reference == ""
+    wait_for(browser, lambda: text_of(browser, "sign-text") == translation, f"the translation {translation!r}")
+    assert text_of(browser, "sign-reference") == ""
 
 
 def test_science_tab_fills_an_example_and_shows_rationale_and_answer(browser, models):
