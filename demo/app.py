@@ -166,7 +166,8 @@ class CaptioningTab:
 
 
 def draw_pose(keypoints: np.ndarray, panels: int = 4) -> Image.Image:
-    """A clip's keypoints (x, y of every keypoint) at `panels` moments spread over the clip."""
+    """A clip's keypoints (x, y, coloured by keypoint index) at `panels` moments spread over the clip, on the clip's
+    own extent so the motion shows. Points only: a clip's file does not say which keypoints are joined."""
     frames = np.linspace(0, len(keypoints) - 1, panels).round().astype(int)
     figure, axes = plt.subplots(1, panels, figsize=(2.2 * panels, 2.4))
     valid = keypoints[~np.isnan(keypoints).any(axis=-1)]
@@ -174,7 +175,6 @@ def draw_pose(keypoints: np.ndarray, panels: int = 4) -> Image.Image:
     for axis, frame in zip(axes, frames):
         points = keypoints[frame]
         axis.scatter(points[:, 0], points[:, 1], c=np.arange(len(points)), cmap="viridis", s=14)
-        axis.plot(points[:, 0], points[:, 1], color="0.8", linewidth=0.6, zorder=0)
         axis.set(xlim=(low[0], high[0]), ylim=(high[1], low[1]), xticks=[], yticks=[], title=f"frame {frame}")
     figure.tight_layout()
     buffer = io.BytesIO()

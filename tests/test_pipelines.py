@@ -167,6 +167,11 @@ def test_save_for_hub_refuses_a_non_pipeline_and_verify_names_a_missing_pipeline
     (folder / "pipeline_sign2text.py").unlink()
     with pytest.raises(FileNotFoundError, match=r"pipeline_sign2text.py \(code\)"):
         verify_checkpoint(folder)
+    reloaded = Sign2TextModel.from_pretrained(folder)
+    assert "sign-language-translation" in reloaded.config.custom_pipelines  # what a re-save starts from
+    monkeypatch.setattr(Sign2TextModel, "hub_pipelines", {})
+    resaved = save_for_hub(reloaded, processor, tmp_path / "resaved")
+    assert "custom_pipelines" not in json.loads((resaved / "config.json").read_text())  # no stale registration
     monkeypatch.setattr(Sign2TextModel, "hub_pipelines", {"sign-language-translation": Sign2TextProcessor})
     with pytest.raises(TypeError, match="map each task to a Pipeline subclass"):
         save_for_hub(model, processor, tmp_path / "refused")
