@@ -463,7 +463,8 @@ class RagCaptionerTask(Task):
                 f"captions {'excluded' if hygiene.exclude_own_captions else 'NOT excluded'}; per sample, retrieval dropout "
                 f"{hygiene.retrieval_dropout:g} and random distractors {hygiene.distractor_prob:g}."
                 + (f" Alignment penalty peak {args.retriever_lambda:g} (warm-up, cosine decay)." if args.fusion == "concat" else "")
-                + f"\n\n![retrieval examples](plots/retrieval_examples.png)\n\n{USAGE}"
+                + f"\n\nThe run's `plots/retrieval_examples.png` (and `.json`) shows held-out images with what they retrieved "
+                f"and the captions written.\n\n{USAGE}"
             ),
             metric_types={
                 "CIDEr": "cider", "BLEU-4": "bleu", "ROUGE-L": "rouge", "no_retrieval_CIDEr": "cider",
@@ -501,18 +502,23 @@ def plot_retrieval_examples(images: list, entries: list[dict], path: Path, colum
     from matplotlib.figure import Figure
 
     rows = -(-len(images) // columns)
-    figure = Figure(figsize=(4.2 * columns, 6.2 * rows))
+    figure = Figure(figsize=(4.4 * columns, 8.0 * rows))
     FigureCanvasAgg(figure)
-    wrap = lambda text, indent="": textwrap.fill(text, 46, initial_indent=indent, subsequent_indent="   ")  # noqa: E731
+    grid = figure.add_gridspec(2 * rows, columns, height_ratios=[1.0, 1.6] * rows, hspace=0.05, wspace=0.12)
+    wrap = lambda text, indent="": textwrap.fill(text, 48, initial_indent=indent, subsequent_indent="   ")  # noqa: E731
     for position, (image, entry) in enumerate(zip(images, entries)):
-        axes = figure.add_subplot(rows, columns, position + 1)
-        axes.imshow(image)
-        axes.set_xticks([])
-        axes.set_yticks([])
-        retrieved = "\n".join(wrap(f"{item['caption']} ({item['score']:.2f})", f"{rank}. ") for rank, item in enumerate(entry["retrieved"], start=1))
+        row, column = divmod(position, columns)
+        picture, caption = figure.add_subplot(grid[2 * row, column]), figure.add_subplot(grid[2 * row + 1, column])
+        picture.imshow(image)
+        picture.set_xticks([])
+        picture.set_yticks([])
+        caption.axis("off")
+        retrieved = "\n".join(
+            wrap(f"{item['caption']} ({item['score']:.2f})", f"{rank}. ") for rank, item in enumerate(entry["retrieved"], start=1)
+        )
         text = f"retrieved:\n{retrieved}\n\ngenerated:\n{wrap(entry['generated'])}\n\nreference:\n{wrap(entry['references'][0])}"
-        axes.text(0.0, -0.04, text, transform=axes.transAxes, va="top", ha="left", fontsize=7.5, family="monospace")
-    figure.subplots_adjust(left=0.02, right=0.98, top=0.98, bottom=0.02, hspace=1.3, wspace=0.15)
+        caption.text(0.0, 0.98, text, transform=caption.transAxes, va="top", ha="left", fontsize=7.5, family="monospace")
+    figure.subplots_adjust(left=0.02, right=0.98, top=0.99, bottom=0.01)
     figure.savefig(path, dpi=110)
 
 
