@@ -7,7 +7,7 @@ Three kinds of problems, as in ScienceQA:
   answer is drawn uniformly among the options, so the text alone gives chance accuracy;
 - **context** (TXT): the hint holds the facts (whose ribbon is longer, which town is older, who owns which pet);
 - **no context** (NO): the answer follows from the topic's lecture (animal classes, magnets, states of matter,
-  word classes, alphabetical order), whose facts every training problem of the topic restates.
+  word classes), whose facts every training problem of the topic restates.
 
 Every solution names what it observes (in the picture, the text or the lecture) before it concludes. Answer
 positions are balanced (each block of n problems with n options puts the answer once at every position), and
@@ -82,12 +82,6 @@ WORD_CLASSES = {
     "verb": ("run", "jump", "sing", "write", "swim", "build", "read", "climb", "laugh", "carry"),
     "adjective": ("happy", "tall", "bright", "soft", "quiet", "cold", "green", "brave", "tiny", "loud"),
 }
-ALPHABET_WORDS = (
-    "anchor", "basket", "candle", "dragon", "engine", "forest", "garden", "harbour", "island", "jacket", "kettle",
-    "lemon", "meadow", "needle", "orange", "pepper", "quilt", "rabbit", "saddle", "ticket", "umbrella", "velvet",
-    "wagon", "yellow", "zebra",
-)  # fmt: skip
-
 LECTURES = {
     "count": "Count each shape of the colour once.",
     "colour": "Find the shape, then look at its colour.",
@@ -100,7 +94,6 @@ LECTURES = {
     "magnets": "Magnets attract iron, steel and nickel, and no other material.",
     "states": "Matter is solid, liquid or gas.",
     "words": "A noun names a thing, a verb an action, and an adjective describes a noun.",
-    "alphabet": "Alphabetical order sorts words by their first letters.",
 }
 # family: (subject, topic, category, lowest grade, highest grade, image?)
 FAMILIES = {
@@ -115,13 +108,12 @@ FAMILIES = {
     "magnets": ("natural science", "physics", "Identify magnetic materials", 3, 8, False),
     "states": ("natural science", "chemistry", "Identify states of matter", 2, 8, False),
     "words": ("language science", "grammar", "Identify word classes", 3, 9, False),
-    "alphabet": ("language science", "reference-skills", "Alphabetical order", 2, 4, False),
 }
 # Share of each family: 40 % image, 24 % context, 36 % lecture-only problems.
 FAMILY_WEIGHTS = {
     "count": 0.10, "colour": 0.10, "map": 0.10, "compare": 0.10,
     "measure": 0.08, "towns": 0.08, "pets": 0.08,
-    "animals": 0.072, "magnets": 0.072, "states": 0.072, "words": 0.072, "alphabet": 0.072,
+    "animals": 0.09, "magnets": 0.09, "states": 0.09, "words": 0.09,
 }  # fmt: skip
 
 
@@ -252,7 +244,7 @@ def _compare(g: _Generator) -> tuple:
 def _measure(g: _Generator) -> tuple:
     thing, phrase, more_word, less_word = g.choice(MEASURES)
     first, second = g.sample(NAMES, 2)
-    x, y = (int(v) for v in g.rng.choice(np.arange(2, 41), size=2, replace=False))
+    x, y = (int(v) for v in g.rng.choice(np.arange(1, 13), size=2, replace=False))
     ask_more = bool(g.rng.integers(2))
     adjective = more_word if ask_more else less_word
     winner = first if (x > y) == ask_more else second
@@ -269,7 +261,7 @@ def _measure(g: _Generator) -> tuple:
 
 def _towns(g: _Generator) -> tuple:
     first, second = g.sample(TOWNS, 2)
-    x, y = (int(v) for v in g.rng.choice(np.arange(1700, 2000, 10), size=2, replace=False))
+    x, y = (int(v) for v in g.rng.choice(np.arange(1700, 2000, 50), size=2, replace=False))
     ask_older = bool(g.rng.integers(2))
     adjective = "older" if ask_older else "newer"
     winner = first if (x < y) == ask_older else second
@@ -340,18 +332,9 @@ def _magnets(g: _Generator) -> tuple:
     return f"Which object will a magnet {verb}?", options, position, "", None, solution
 
 
-def _alphabet(g: _Generator) -> tuple:
-    words = g.sample(ALPHABET_WORDS, 3)
-    answer = min(words)
-    options, position = g.arrange(answer, [word for word in words if word != answer])
-    letters = " ".join(f"{word} starts with {word[0]}." for word in options)
-    solution = f"{letters} {answer[0]} comes first, so the answer is {answer}."
-    return "Which word comes first in alphabetical order?", options, position, "", None, solution
-
-
 _BUILDERS = {
     "count": _count, "colour": _colour, "map": _map, "compare": _compare, "measure": _measure, "towns": _towns,
-    "pets": _pets, "animals": _animals, "magnets": _magnets, "states": _states, "words": _words, "alphabet": _alphabet,
+    "pets": _pets, "animals": _animals, "magnets": _magnets, "states": _states, "words": _words,
 }  # fmt: skip
 
 

@@ -343,7 +343,7 @@ class MMCoTForConditionalGeneration(FreezeAfterLoadingMixin, MMCoTPreTrainedMode
     def solve(self, processor, problems: dict | list[dict], *, rationales: list[str] | None = None, direct: bool = False, **generate_kwargs):
         """
         Answer ScienceQA-style problems: stage 1 writes a rationale from question, context, options and image; stage
-        2 reads them with the rationale appended and writes "The answer is (X).", which is parsed into an option.
+        2 reads them with the rationale appended and writes "The answer is <option>.", which is parsed into an option.
 
         Args:
             processor: the model's `MMCoTProcessor`.

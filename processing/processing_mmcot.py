@@ -3,8 +3,12 @@
 One model serves both stages, told apart by where the prompt ends (the original Multimodal-CoT's formats):
 
 - `"rationale"` (QCM → LE): `Question: … Context: … Options: (A) … (B) … Solution:` → `<lecture> <solution>`;
-- `"answer"` (QCMG → A): the same with `Solution: <rationale> Answer:` appended → `The answer is (B).`;
-- `"direct"` (QCM → A, the no-rationale baseline): `… Options: … Answer:` → `The answer is (B).`.
+- `"answer"` (QCMG → A): the same with `Solution: <rationale> Answer:` appended → `The answer is <option>.`;
+- `"direct"` (QCM → A, the no-rationale baseline): `… Options: … Answer:` → `The answer is <option>.`.
+
+The answer names the option by its text where the original writes its letter (`The answer is (B).`): a small T5
+learns to copy the conclusion of the rationale long before it learns which letter stands before which option, and
+the text maps back to the letter without doubt. The letter form is still read (a model trained the original way).
 
 Answers are parsed deterministically (`parse_answer`): an answer that names no option is unparsed, never a guess.
 """
@@ -22,7 +26,7 @@ from transformers.image_utils import is_valid_image
 STAGES = ("rationale", "answer", "direct")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 NO_CONTEXT = "N/A"
-_ANSWER = re.compile(r"answer is \(([A-Z])\)")
+_LETTER = re.compile(r"\(([A-Z])\)")
 
 
 def normalize_whitespace(text: str) -> str:
@@ -34,9 +38,9 @@ def format_options(choices: Sequence[str]) -> str:
     return " ".join(f"({OPTION_LETTERS[index]}) {choice}" for index, choice in enumerate(choices))
 
 
-def format_answer(index: int) -> str:
-    """The stage-2 target, `The answer is (B).`"""
-    return f"The answer is ({OPTION_LETTERS[index]})."
+def format_answer(choices: Sequence[str], index: int) -> str:
+    """The stage-2 target, `The answer is <option text>.`"""
+    return f"The answer is {normalize_whitespace(choices[index])}."
 
 
 def format_prompt(problem: dict, stage: str, rationale: str | None = None) -> str:
@@ -57,22 +61,27 @@ def format_target(problem: dict, stage: str) -> str:
     """The training target: lecture and solution for stage 1, the answer sentence otherwise."""
     if stage == "rationale":
         return normalize_whitespace(f"{problem.get('lecture') or ''} {problem.get('solution') or ''}")
-    return format_answer(problem["answer"])
+    return format_answer(problem["choices"], problem["answer"])
 
 
-def parse_answer(text: str, num_choices: int) -> int | None:
+def parse_answer(text: str, choices: Sequence[str]) -> int | None:
     """
     The option index an answer names, or `None`.
 
-    The answer names option X when it contains "answer is (X)"; several such phrases must agree. An answer without
-    one, with disagreeing ones, or naming a letter beyond the `num_choices` options is unparsed (`None`): it counts as
+    The answer is read after its last "answer is": either one option's exact text (`The answer is blue.`), or an
+    option letter in brackets (`The answer is (B).`, the original's form). Anything else — text that is no option
+    or matches several, a letter beyond the options, no "answer is" at all — is unparsed (`None`): it counts as
     wrong and is reported, never replaced by a guess.
     """
-    letters = set(_ANSWER.findall(text))
-    if len(letters) != 1:
+    if "answer is" not in text:
         return None
-    index = OPTION_LETTERS.index(letters.pop())
-    return index if index < num_choices else None
+    named = normalize_whitespace(text.rsplit("answer is", 1)[1]).removesuffix(".").strip()
+    letter = _LETTER.fullmatch(named)
+    if letter is not None:
+        index = OPTION_LETTERS.index(letter.group(1))
+        return index if index < len(choices) else None
+    matches = [index for index, choice in enumerate(choices) if normalize_whitespace(choice) == named]
+    return matches[0] if len(matches) == 1 else None
 
 
 @dataclass
@@ -82,7 +91,7 @@ class MMCoTPrediction:
     rationale: str | None
     """The stage-1 rationale the answer was read from (`None` for a direct answer)."""
     answer_text: str
-    """The stage-2 output as generated, e.g. "The answer is (B)."."""
+    """The stage-2 output as generated, e.g. "The answer is blue."."""
     choice_index: int | None
     """Index of the chosen option; `None` when `answer_text` names none (unparsed)."""
     letter: str | None
@@ -281,7 +290,7 @@ class MMCoTProcessor(ProcessorMixin):
         """Stage-2 outputs to `MMCoTPrediction`s, through `parse_answer`."""
         predictions = []
         for index, (text, problem) in enumerate(zip(answer_texts, problems, strict=True)):
-            choice_index = parse_answer(text, len(problem["choices"]))
+            choice_index = parse_answer(text, problem["choices"])
             predictions.append(
                 MMCoTPrediction(
                     rationale=rationales[index] if rationales is not None else None,

@@ -144,22 +144,25 @@ def test_processor_errors_name_the_problem(processor, problems):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("The answer is (B).", 1),
-        ("the answer is (A). So the answer is (A).", 0),
+        ("The answer is blue.", 1),
+        ("The answer is (B).", 1),  # the original's form, the letter alone
+        ("I think red. So the answer is  green .", 2),
         ("The answer is (D).", None),  # a letter beyond the three options
-        ("The answer is (A). No, the answer is (B).", None),  # disagreeing answers
+        ("The answer is purple.", None),  # no option's text
+        ("The answer is blue or green.", None),
         ("The answer is B.", None),
         ("", None),
         ("blue", None),  # an option's text alone is not read as a choice
     ],
 )
 def test_parse_answer_never_guesses(text, expected):
-    assert parse_answer(text, num_choices=3) == expected
+    assert parse_answer(text, ["red", "blue", "green"]) == expected
+    assert parse_answer("The answer is red.", ["red", "red", "blue"]) is None  # two options with that text
 
 
 def test_unparsed_answers_stay_unparsed(processor):
     problem = {"question": "Which?", "choices": ["red", "blue"]}
-    predictions = processor.decode_answers(["I think red", "The answer is (B)."], [problem, problem])
+    predictions = processor.decode_answers(["I think red", "The answer is blue."], [problem, problem])
     assert [p.choice_index for p in predictions] == [None, 1]
     assert (predictions[0].letter, predictions[0].choice) == (None, None)
     assert (predictions[1].letter, predictions[1].choice) == ("B", "blue")
