@@ -64,6 +64,7 @@ def test_loss_falls_and_the_report_holds_every_ablation(run):
         assert name in metrics and metrics[name] >= 0, name
     assert len(results["examples"]) == NUM_EVAL and all(len(row["retrieved"]) == 4 for row in results["examples"])
     assert "oracle: the image's own references" in completed.stdout
+    assert "On CIDEr-D, the model with its retrieved neighbours" in completed.stdout
 
 
 def test_the_retrieval_examples_plot_and_its_json(run):

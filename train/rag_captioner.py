@@ -412,6 +412,13 @@ class RagCaptionerTask(Task):
             f"| {labels[name]} | {values['CIDEr']:.1f} | {values['BLEU-4']:.2f} | {values['ROUGE-L']:.2f} |"
             for name, values in scores.items()
         ]
+        with_retrieval = scores["retrieval"]["CIDEr"]
+        verdicts = [
+            f"{'beats' if with_retrieval > scores[name]['CIDEr'] else 'does NOT beat'} {labels[name]} "
+            f"({with_retrieval:.1f} vs {scores[name]['CIDEr']:.1f})"
+            for name in ("no_retrieval", "random_retrieval")
+        ]
+        verdict = f"On CIDEr-D, the model with its retrieved neighbours {verdicts[0]} and {verdicts[1]}."
         examples = "\n".join(
             f"| {row['retrieved'][0]} | {row['retrieval']} | {reference[0]} |" for row, reference in list(zip(rows, references))[:6]
         )
@@ -420,7 +427,7 @@ class RagCaptionerTask(Task):
             f"{self.captioner.config.num_retrieved}, datastore {len(self.captioner.retriever)} training captions)\n\n"
             + "\n".join(lines)
             + "\n\nCIDEr-D × 100 (pycocoevalcap's scorer, lower-cased, punctuation removed); BLEU-4 (sacrebleu, "
-            "case-insensitive) and ROUGE-L in %, all against every reference caption of the image.\n\n"
+            f"case-insensitive) and ROUGE-L in %, all against every reference caption of the image. {verdict}\n\n"
             f"### Retriever: held-out image → caption retrieval\n\n{retrieval_table}\n\n"
             f"### Examples\n\n| nearest retrieved caption | generated | a reference |\n|---|---|---|\n{examples}"
         )
