@@ -13,6 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.pytorch_utils import Conv1D
 
 
 def find_layer_stack(module: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -45,16 +46,16 @@ def find_layer_stack(module: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def _adaptable_modules(layer: nn.Module) -> list[str]:
-    """Names (relative to `layer`) of the modules peft can put LoRA on: every `nn.Linear`, except that an
-    `nn.MultiheadAttention` is targeted whole, because its forward reads the projection weights directly and a LoRA
-    wrapped around its `out_proj` would never run."""
+    """Names (relative to `layer`) of the modules peft can put LoRA on: every `nn.Linear` and transformers' `Conv1D`
+    (GPT-2's projections; peft transposes them), except that an `nn.MultiheadAttention` is targeted whole, because its
+    forward reads the projection weights directly and a LoRA wrapped around its `out_proj` would never run."""
     attention_blocks = [module for module in layer.modules() if isinstance(module, nn.MultiheadAttention)]
     inside_attention = {module for block in attention_blocks for module in block.modules() if module is not block}
     return [
         name
         for name, module in layer.named_modules()
         if isinstance(module, nn.MultiheadAttention)
-        or (isinstance(module, nn.Linear) and module not in inside_attention)
+        or (isinstance(module, (nn.Linear, Conv1D)) and module not in inside_attention)
     ]
 
 
@@ -113,8 +114,8 @@ def lora_target_modules(
             names = _adaptable_modules(stack[index])
             if not names:
                 raise ValueError(
-                    f"Layer {index} of {tower_name}.{stack_name} ({type(stack[index]).__name__}) has no nn.Linear "
-                    "or nn.MultiheadAttention for LoRA to adapt."
+                    f"Layer {index} of {tower_name}.{stack_name} ({type(stack[index]).__name__}) has no nn.Linear, "
+                    "Conv1D or nn.MultiheadAttention for LoRA to adapt."
                 )
             prefix = ".".join(part for part in (tower_name, stack_name, str(index)) if part)
             targets += [f"{prefix}.{name}" if name else prefix for name in names]
