@@ -178,7 +178,8 @@ class RagCaptionerTask(Task):
         else:
             train_set = load_coco_karpathy(data.coco_annotation_file, data.coco_image_root, "train")
             eval_set = load_coco_karpathy(data.coco_annotation_file, data.coco_image_root, "test", max_captions=5)
-        self.eval_examples = list(eval_set)
+        # Held-out rows are read one at a time (a COCO test split decoded at once would not fit in memory).
+        self.check_sample = [eval_set[i] for i in range(min(CHECK_SAMPLE_SIZE, len(eval_set)))]
         return train_set.add_column("row", list(range(len(train_set)))), eval_set
 
     def build_model(self, train_set):
@@ -345,7 +346,7 @@ class RagCaptionerTask(Task):
 
     def periodic_check(self, model, step: int) -> dict[str, float]:
         """CIDEr with retrieval on a fixed held-out sample: whether captioning improves, at a glance."""
-        sample = self.eval_examples[:CHECK_SAMPLE_SIZE]
+        sample = self.check_sample
         rows = self._caption(self.captioner, sample, ablations=("retrieval",))
         cider = load_metric("cider").compute(
             predictions=[row["retrieval"] for row in rows], references=[list(example["captions"]) for example in sample]
@@ -354,7 +355,7 @@ class RagCaptionerTask(Task):
 
     def evaluate(self, model, eval_set) -> EvaluationReport | None:
         """Every condition generated sharded over processes; corpus metrics once, on the whole held-out set."""
-        model, examples, batch_size = self.captioner, self.eval_examples, self.training_args.eval_batch_size
+        model, examples, batch_size = self.captioner, eval_set, self.training_args.eval_batch_size
         rows = map_sharded(self.accelerator, examples, lambda batch: self._caption(model, batch), batch_size)
         pairs = encode_pairs(
             self.accelerator,
@@ -365,7 +366,8 @@ class RagCaptionerTask(Task):
         )
         if not self.accelerator.is_main_process:
             return None
-        references = [list(example["captions"]) for example in examples]
+        references = [list(captions) for captions in eval_set["captions"]]
+        self.eval_set, self.rows = eval_set, rows
         cider, bleu, rouge = load_metric("cider"), load_metric("bleu"), load_metric("rouge")
         scores = {}
         for name in (*ABLATIONS, "nearest_caption"):
@@ -385,7 +387,6 @@ class RagCaptionerTask(Task):
             **{f"retriever_{key}": value for key, value in retrieval.headline.items() if key.startswith("v2t_")},
             "distinct_captions": len({row["retrieval"] for row in rows}) / len(rows),
         }
-        self.rows = rows
         return EvaluationReport(
             metrics=metrics,
             headline={
@@ -434,7 +435,7 @@ class RagCaptionerTask(Task):
 
     def save_plots(self, report, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        chosen = list(zip(self.eval_examples, self.rows))[: self.data_args.num_plot_examples]
+        chosen = [(self.eval_set[i], row) for i, row in enumerate(self.rows[: self.data_args.num_plot_examples])]
         entries = [
             {
                 "image_id": row["image_id"],
