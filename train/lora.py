@@ -159,12 +159,15 @@ def apply_lora(
     for wanted in modules_to_save or []:
         if not any(name == wanted or name.endswith(f".{wanted}") for name in module_names):
             raise ValueError(f"modules_to_save names {wanted!r}, which is not a sub-module of {type(model).__name__}.")
+    targets = lora_target_modules(model, towers, first_layer)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=lora_target_modules(model, towers, first_layer),
+        target_modules=targets,
         modules_to_save=modules_to_save,
+        # Conv1D (GPT-2) stores its weight transposed; peft fixes the flag per module anyway, this spares its warnings.
+        fan_in_fan_out=all(isinstance(model.get_submodule(name), Conv1D) for name in targets),
     )
     peft_model = get_peft_model(model, config)
     _keep_adapted_torch_layers_unfused(peft_model)
