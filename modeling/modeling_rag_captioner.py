@@ -28,6 +28,7 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from configuration.configuration_rag_captioner import RagCaptionerConfig
+from processing.pipeline_rag_captioner import RagCaptioningPipeline
 from processing.processing_rag_captioner import decoder_special_ids, encode_decoder_inputs
 from .modeling_freezing import FreezeAfterLoadingMixin
 from .modeling_heads import ProjectionHead
@@ -123,6 +124,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
 
     # `hub.save_for_hub` registers these besides AutoModel: transformers files its own captioners (BLIP, GIT) there.
     hub_auto_classes = ("AutoModelForImageTextToText",)
+    hub_pipelines = {"image-text-to-text": RagCaptioningPipeline}  # `transformers.pipeline` tasks it registers
 
     def __init__(self, config: RagCaptionerConfig):
         super().__init__(config)

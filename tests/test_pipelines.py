@@ -97,8 +97,7 @@ def test_task_names_against_the_installed_transformers():
 
 
 def test_pipelines_run_from_the_saved_folders_in_a_fresh_process(models, clip, tmp_path, monkeypatch):
-    # Until the RAG and MMCoT model classes list their pipelines themselves (a one-line class attribute each).
-    monkeypatch.setattr(RagCaptionerModel, "hub_pipelines", {"image-text-to-text": RagCaptioningPipeline}, raising=False)
+    # Until the MMCoT model class lists its pipeline itself (a one-line class attribute).
     monkeypatch.setattr(MMCoTForConditionalGeneration, "hub_pipelines", {"multimodal-chain-of-thought": MMCoTPipeline}, raising=False)
     folders = tiny_models.save_all(models, tmp_path / "models")
     assert json.loads((folders["sign2text"] / "config.json").read_text())["custom_pipelines"] == {

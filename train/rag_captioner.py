@@ -37,12 +37,14 @@ from configuration import VLPConfig
 from configuration.configuration_rag_captioner import TINY_DECODER_DEFAULTS
 from data.coco_karpathy import load_coco_karpathy
 from data.synthetic_shapes import make_shapes_splits
+from hub import pipeline_card_fields
 from modeling import RagCaptionerModel
 from modeling.modeling_rag_captioner import retriever_lambda_schedule
 from modeling.modeling_retriever import datastore_ids_by_item, sample_retrieval
 from processing import RagCaptionerProcessor
+from processing.pipeline_rag_captioner import RagCaptioningPipeline
 from processing.processing_rag_captioner import train_caption_tokenizer
-from train.arguments import DecoderLoraArguments, TrainingArguments, parse_arguments
+from train.arguments import DatasetNameArguments, DecoderLoraArguments, TrainingArguments, parse_arguments
 from train.evaluation import encode_pairs, load_metric, map_sharded, retrieval_report
 from train.lora import apply_lora
 from train.runner import EvaluationReport, Task, run
@@ -116,7 +118,7 @@ class RetrievalHygieneArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(DatasetNameArguments):
     dataset: str = field(default="synthetic", metadata={"help": "'synthetic' (embedded shapes, the VLP default run's splits) or 'coco' (Karpathy)."})
     num_train: int = field(default=4000, metadata={"help": "synthetic: training images (their captions are the datastore)."})
     num_eval: int = field(default=500, metadata={"help": "synthetic: held-out images."})
@@ -126,6 +128,7 @@ class DataArguments:
     num_plot_examples: int = field(default=8, metadata={"help": "Held-out images in plots/retrieval_examples.png."})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.dataset not in ("synthetic", "coco"):
             raise ValueError(f"--dataset must be 'synthetic' or 'coco', got {self.dataset!r}.")
         if self.dataset == "coco" and not (self.coco_annotation_file and self.coco_image_root):
@@ -451,11 +454,13 @@ class RagCaptionerTask(Task):
 
     def card_fields(self, report: EvaluationReport) -> dict:
         args, data, training, config = self.model_args, self.data_args, self.training_args, self.captioner.config
-        dataset_name = "embedded synthetic shapes" if data.dataset == "synthetic" else "COCO Karpathy test"
+        dataset_name, dataset_type = data.card_dataset("embedded synthetic shapes", data.coco_annotation_file)
+        model_id = Path(training.output_dir).name
         hygiene = self.hygiene_args
         decoder = args.decoder_model_name_or_path or f"a {config.decoder_config.num_hidden_layers}-layer GPT-2 trained from scratch"
         return dict(
-            model_id=Path(training.output_dir).name,
+            **pipeline_card_fields(RagCaptioningPipeline, model_id),
+            model_id=model_id,
             title=f"RAG captioner ({args.fusion} fusion)",
             summary=(
                 f"A retrieval-augmented captioner: the frozen VLP dual encoder `{args.retriever_model_name_or_path}` "
@@ -482,7 +487,7 @@ class RagCaptionerTask(Task):
             task_type="image-to-text",
             task_name="Image captioning",
             dataset_name=dataset_name,
-            dataset_type=dataset_name.replace(" ", "-"),
+            dataset_type=dataset_type,
             tags=["image-captioning", "retrieval-augmented-generation", "faiss", f"{args.fusion}-fusion"],
         )
 
@@ -546,6 +551,8 @@ def ensure_retriever(argv: list[str] | None = None) -> None:
         vlp_argv += ["--num_train", str(data_args.num_train), "--num_eval", str(data_args.num_eval), "--data_seed", str(data_args.data_seed)]
     else:
         vlp_argv += ["--coco_annotation_file", data_args.coco_annotation_file, "--coco_image_root", data_args.coco_image_root]
+        if data_args.dataset_name is not None:
+            vlp_argv += ["--dataset_name", data_args.dataset_name]
     vlp_argv += shlex.split(model_args.train_retriever_args)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator reads it: CPU ranks are ranks too
     if state.is_main_process:
