@@ -113,7 +113,7 @@ class DataArguments:
     features_type: str | None = field(
         default=None, metadata={"help": "Check the features' shape: 'detr' (100, 256), 'clip' (49, 2048) or 'vit' (145, 1024)."}
     )
-    num_train: int = field(default=4000, metadata={"help": "synthetic: training problems."})
+    num_train: int = field(default=20000, metadata={"help": "synthetic: training problems (generated in ~30 s)."})
     num_val: int = field(default=200, metadata={"help": "synthetic: validation problems."})
     num_test: int = field(default=800, metadata={"help": "synthetic: test problems."})
     data_seed: int = field(default=1234, metadata={"help": "synthetic: generator seed."})
