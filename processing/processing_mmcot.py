@@ -6,9 +6,10 @@ One model serves both stages, told apart by where the prompt ends (the original 
 - `"answer"` (QCMG → A): the same with `Solution: <rationale> Answer:` appended → `The answer is <option>.`;
 - `"direct"` (QCM → A, the no-rationale baseline): `… Options: … Answer:` → `The answer is <option>.`.
 
-The answer names the option by its text where the original writes its letter (`The answer is (B).`): a small T5
-learns to copy the conclusion of the rationale long before it learns which letter stands before which option, and
-the text maps back to the letter without doubt. The letter form is still read (a model trained the original way).
+The answer names the option by its text where the original writes its letter (`The answer is (B).`): with the letter
+a T5 trained from scratch must first learn which letter stands before which option (on the embedded set it stayed
+at chance for 500 steps, even from the gold rationale), and the text maps back to the letter without doubt. The
+letter form is still read (a model trained the original way).
 
 Answers are parsed deterministically (`parse_answer`): an answer that names no option is unparsed, never a guess.
 """
