@@ -16,6 +16,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
 from configuration.configuration_mmcot import MMCoTConfig
+from processing.pipeline_mmcot import MMCoTPipeline
 from .modeling_freezing import FreezeAfterLoadingMixin
 
 
@@ -153,6 +154,7 @@ class MMCoTForConditionalGeneration(FreezeAfterLoadingMixin, MMCoTPreTrainedMode
     """
 
     hub_auto_classes = ("AutoModelForSeq2SeqLM",)  # `hub.save_for_hub` registers these besides AutoModel
+    hub_pipelines = {"multimodal-chain-of-thought": MMCoTPipeline}  # `transformers.pipeline` tasks it registers
 
     def __init__(self, config: MMCoTConfig):
         super().__init__(config)
