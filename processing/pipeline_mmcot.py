@@ -26,7 +26,7 @@ class MMCoTPipeline(Pipeline):
 
 solver = pipeline("multimodal-chain-of-thought", model="{model_id}", trust_remote_code=True)
 solver({{"question": "Which of these is a mammal?", "choices": ["frog", "whale"], "hint": "", "image": "picture.png"}})
-# {{'rationale': '...', 'answer_text': 'The answer is (B).', 'choice_index': 1, 'letter': 'B', 'choice': 'whale'}}"""
+# {{'rationale': '...', 'answer_text': 'The answer is whale.', 'choice_index': 1, 'letter': 'B', 'choice': 'whale'}}"""
 
     def __call__(self, problems, **kwargs):
         """`problems`: one problem dict, or a list of them."""

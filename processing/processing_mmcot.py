@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
-from transformers.image_utils import is_valid_image
+
+from .processing_images import check_image
 
 STAGES = ("rationale", "answer", "direct")
 OPTION_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -260,10 +261,7 @@ class MMCoTProcessor(ProcessorMixin):
         if key == "image":
             images = [problems[index]["image"] for index in present]
             for index, image in zip(present, images):
-                if not is_valid_image(image):
-                    raise TypeError(
-                        f"The image of problem {index} is a {type(image).__name__}; pass a PIL image or an array."
-                    )
+                check_image(image, f"The image of problem {index}")
             pixels = self.image_processor(images, return_tensors="pt")["pixel_values"]
             batch = pixels.new_zeros(len(problems), *pixels.shape[1:])
             batch[present] = pixels

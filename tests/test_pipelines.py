@@ -14,7 +14,7 @@ import tiny_models
 from conftest import tiny_vlp_config
 from fresh_process import run_outside_project
 from hub import build_model_card, pipeline_card_fields, save_for_hub, verify_checkpoint
-from modeling import MMCoTForConditionalGeneration, RagCaptionerModel, Sign2TextModel, VLPModel
+from modeling import Sign2TextModel, VLPModel
 from processing import Sign2TextProcessor
 from processing.pipeline_mmcot import MMCoTPipeline
 from processing.pipeline_rag_captioner import RagCaptioningPipeline
@@ -96,9 +96,7 @@ def test_task_names_against_the_installed_transformers():
     assert "zero-shot-sign-classification" not in supported and "sign-language-translation" not in supported
 
 
-def test_pipelines_run_from_the_saved_folders_in_a_fresh_process(models, clip, tmp_path, monkeypatch):
-    # Until the MMCoT model class lists its pipeline itself (a one-line class attribute).
-    monkeypatch.setattr(MMCoTForConditionalGeneration, "hub_pipelines", {"multimodal-chain-of-thought": MMCoTPipeline}, raising=False)
+def test_pipelines_run_from_the_saved_folders_in_a_fresh_process(models, clip, tmp_path):
     folders = tiny_models.save_all(models, tmp_path / "models")
     assert json.loads((folders["sign2text"] / "config.json").read_text())["custom_pipelines"] == {
         "sign-language-translation": {"impl": "pipeline_sign2text.Sign2TextPipeline", "pt": ["AutoModel"]}
