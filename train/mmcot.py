@@ -27,10 +27,12 @@ from configuration.configuration_mmcot import TINY_T5_DEFAULTS, VISION_FEATURE_S
 from data.scienceqa import load_scienceqa, load_vision_features
 from data.synthetic_scienceqa import write_synthetic_scienceqa
 from modeling import MMCoTForConditionalGeneration
+from hub import pipeline_card_fields
 from processing import MMCoTProcessor
+from processing.pipeline_mmcot import MMCoTPipeline
 from processing.processing_mmcot import STAGES, format_prompt, format_target
 from processing.tokenization_mmcot import train_unigram_tokenizer
-from train.arguments import DecoderLoraArguments, TrainingArguments
+from train.arguments import DatasetNameArguments, DecoderLoraArguments, TrainingArguments
 from train.backbones import load_image_processor, tiny_vision_config
 from train.evaluation import load_metric, map_sharded
 from train.lora import apply_lora
@@ -95,7 +97,7 @@ class ModelArguments:
 
 
 @dataclass
-class DataArguments:
+class DataArguments(DatasetNameArguments):
     dataset: str = field(default="synthetic", metadata={"help": "'synthetic' (embedded, generated from data_seed) or 'scienceqa'."})
     data_dir: str | None = field(
         default=None, metadata={"help": "scienceqa: folder with problems.json, pid_splits.json and images/<split>/<pid>/."}
@@ -119,6 +121,7 @@ class DataArguments:
     data_seed: int = field(default=1234, metadata={"help": "synthetic: generator seed."})
 
     def __post_init__(self):
+        super().__post_init__()
         if self.dataset not in ("synthetic", "scienceqa"):
             raise ValueError(f"--dataset must be 'synthetic' or 'scienceqa', got {self.dataset!r}.")
         if self.dataset == "scienceqa" and not self.data_dir:
@@ -411,6 +414,7 @@ class MMCoTTask(Task):
             vision = f"a {config.vision_config.num_hidden_layers}-layer vision tower trained from scratch"
         start = self.model_args.model_name_or_path or "scratch (offline Unigram tokenizer)"
         model_id = Path(self.training_args.output_dir).name
+        dataset_name, dataset_type = self.data_args.card_dataset("synthetic ScienceQA", self.data_args.data_dir)
         usage = (
             "### Rationale, then answer, in one call\n\n```python\nfrom PIL import Image\n"
             "from transformers import AutoModelForSeq2SeqLM, AutoProcessor\n\n"
@@ -422,6 +426,7 @@ class MMCoTTask(Task):
             "prediction.rationale, prediction.letter, prediction.choice  # letter None: the answer named no option\n```\n\n"
         )
         return dict(
+            **pipeline_card_fields(MMCoTPipeline, model_id),
             body_markdown=usage + report.tables,
             model_id=model_id,
             title="Multimodal-CoT T5 (rationale, then answer)",
@@ -429,13 +434,13 @@ class MMCoTTask(Task):
                 f"A T5 ({text.num_layers}+{text.num_decoder_layers} layers, width {text.d_model}, from {start}) whose "
                 f"encoder output is fused with {vision} by one-head cross-attention and a sigmoid gate; one model writes "
                 f"the rationale and then the answer. Trained {self.training_args.max_train_steps} steps on "
-                f"{self.data_args.dataset} ScienceQA."
+                f"{dataset_name}."
             ),
             metric_types={name: "accuracy" for name in report.headline} | {"rationale_ROUGE-L": "rouge"},
             task_type="visual-question-answering",
             task_name="Science question answering with rationales",
-            dataset_name=f"{self.data_args.dataset} ScienceQA",
-            dataset_type="scienceqa" if self.data_args.dataset == "scienceqa" else "synthetic-scienceqa",
+            dataset_name=dataset_name,
+            dataset_type=dataset_type,
             tags=["multimodal-cot", "t5", "scienceqa", "chain-of-thought", "encoder-decoder"],
         )
 
