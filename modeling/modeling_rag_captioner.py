@@ -14,7 +14,6 @@ searches it itself.
 """
 
 import copy
-import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -36,13 +35,6 @@ from .modeling_pooling import masked_mean
 from .modeling_retriever import HUB_KWARGS, CaptionRetriever, RetrievedCaptions
 from .modeling_vlp import VLPModel
 
-# transformers 5.24 renamed the decoder cache, as a `forward` argument and as an output field, from `past_key_values`
-# to `cache`; the model passes and returns it under the name of the installed version, so `generate` finds it.
-CACHE_NAME = (
-    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
-)
-
-
 @dataclass
 class RagCaptionerOutput(ModelOutput):
     r"""
@@ -57,18 +49,14 @@ class RagCaptionerOutput(ModelOutput):
         Next-token scores of the decoder. With `labels`, only from the position before the first caption token on
         (`length` = the caption width + 1): the loss needs no scores over the prompt.
     cache (`Cache`, *optional*):
-        The decoder's self- and cross-attention keys/values, when caching; named `past_key_values` before
-        transformers 5.24 (`CACHE_NAME`).
+        The decoder's self- and cross-attention keys/values, when caching.
     """
 
     loss: torch.FloatTensor | None = None
     lm_loss: torch.FloatTensor | None = None
     alignment_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    if CACHE_NAME == "cache":
-        cache: Cache | None = None
-    else:  # transformers < 5.24, where 5.24's `past_key_values` alias of `cache` does not exist yet
-        past_key_values: Cache | None = None
+    cache: Cache | None = None
 
 
 def retriever_lambda_schedule(step: int, total_steps: int, peak: float, warmup_ratio: float = 0.1) -> float:
@@ -352,7 +340,6 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
         encoder_attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: Cache | None = None,
-        past_key_values: Cache | None = None,
         use_cache: bool | None = None,
         retriever_lambda: float | None = None,
         logits_to_keep: int = 0,
@@ -368,8 +355,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             encoder_hidden_states, encoder_attention_mask: already fused states (from `fuse`), instead of
                 `pixel_values`; `generate` computes them once and passes them to every step.
             position_ids, cache, use_cache: as in any causal LM (`generate` fills them). Without `position_ids` they
-                are counted from `attention_mask`, which skips the left padding of prompts. `past_key_values` is
-                `cache` under its name before transformers 5.24.
+                are counted from `attention_mask`, which skips the left padding of prompts.
             logits_to_keep: scores for the last N positions only (0: all); `generate` asks for 1. Ignored with
                 `labels`, which set it to the caption's positions.
             retriever_lambda: weight of the alignment penalty for this step (`retriever_lambda_schedule`); defaults
@@ -402,7 +388,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             encoder_attention_mask=encoder_attention_mask,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
-            **{CACHE_NAME: cache if cache is not None else past_key_values},
+            cache=cache,
             **kwargs,
         )
         loss = lm_loss = None
@@ -419,7 +405,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             lm_loss=lm_loss,
             alignment_loss=alignment_loss,
             logits=outputs.logits,
-            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
+            cache=outputs.cache,
         )
 
     # ------------------------------------------------------------------------------------------------ generation
@@ -538,7 +524,6 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
 
 
 __all__ = [
-    "CACHE_NAME",
     "RagCaptionerModel",
     "RagCaptionerOutput",
     "RagCaptionerPreTrainedModel",

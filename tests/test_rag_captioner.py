@@ -16,7 +16,7 @@ from data.synthetic_shapes import make_shapes_dataset
 from fresh_process import run_outside_project
 from hub import save_for_hub
 from modeling import RagCaptionerModel, VLPModel
-from modeling.modeling_rag_captioner import CACHE_NAME, retriever_lambda_schedule
+from modeling.modeling_rag_captioner import retriever_lambda_schedule
 from modeling.modeling_retriever import datastore_ids_by_item, sample_retrieval
 from processing import RagCaptionerProcessor, VLPProcessor
 from train.backbones import load_image_processor, tiny_text_config
@@ -281,11 +281,11 @@ def test_incremental_decoding_matches_a_full_forward_with_left_padded_prompts(to
         cache, steps, prefix = None, [], 20
         out = model(input_ids=input_ids[:, :prefix], attention_mask=attention_mask[:, :prefix],
                     encoder_hidden_states=states, encoder_attention_mask=mask, use_cache=True)
-        cache, steps = out[CACHE_NAME], [out.logits]
+        cache, steps = out.cache, [out.logits]
         for position in range(prefix, input_ids.shape[1]):
             out = model(input_ids=input_ids[:, position : position + 1], attention_mask=attention_mask[:, : position + 1],
-                        encoder_hidden_states=states, encoder_attention_mask=mask, use_cache=True, **{CACHE_NAME: cache})
-            cache = out[CACHE_NAME]
+                        encoder_hidden_states=states, encoder_attention_mask=mask, use_cache=True, cache=cache)
+            cache = out.cache
             steps.append(out.logits)
     real = attention_mask.bool()
     torch.testing.assert_close(torch.cat(steps, dim=1)[real], full[real], atol=1e-4, rtol=1e-4)
