@@ -236,6 +236,26 @@ def test_matches_brute_force_reference(retrieval):
     assert results["neg_sim"] == pytest.approx(negative_mean, abs=1e-6)
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_array_path_matches_compute(retrieval, as_tensor):
+    """`compute_arrays` skips the Arrow round trip; it must give `compute`'s results exactly, float32 or float64,
+    numpy or torch, and leave the caller's arrays untouched (the rows are normalised a chunk at a time)."""
+    texts, image_index, images = _noisy_pairs(80, 5, dim=16, noise=1.5, seed=5)
+    through_arrow = retrieval.compute(
+        text_embeddings=texts, image_index=image_index, image_embeddings=images, ks=[1, 5], chunk_size=33
+    )
+    for dtype in (np.float32, np.float64):
+        text_input, image_input = texts.astype(dtype), images.astype(dtype)
+        text_copy = text_input.copy()
+        if as_tensor:
+            text_input, image_input, index_input = map(torch.from_numpy, (text_input, image_input, image_index))
+        else:
+            index_input = image_index
+        direct = retrieval.compute_arrays(text_input, index_input, image_input, ks=[1, 5], chunk_size=33)
+        assert direct == pytest.approx(through_arrow, rel=1e-12)
+        np.testing.assert_array_equal(np.asarray(text_input), text_copy)
+
+
 def test_add_batch_accumulates_like_single_compute(retrieval):
     texts, image_index, images = _noisy_pairs(50, 5, dim=16, noise=1.0, seed=4)
     single = retrieval.compute(text_embeddings=texts, image_index=image_index, image_embeddings=images)

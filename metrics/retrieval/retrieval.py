@@ -42,7 +42,14 @@ about 1.2e-7: two scores equal in exact arithmetic can differ by 2.4e-7. 1e-6 co
 below any difference a float32 encoder reproduces. Raise it for half-precision embeddings (e.g. 2e-2 for
 bfloat16); 0 ties only bit-equal scores. Zero, NaN or infinite embeddings are refused.
 
-Scores are computed `chunk_size` queries at a time, so memory grows as chunk_size x N rather than N x N.
+Scores are computed `chunk_size` texts at a time, each chunk against every image, once for both directions: memory
+grows as chunk_size x num_images rather than num_texts x num_images, and the float32 embeddings are never copied
+whole to float64.
+
+Array path: `compute(text_embeddings=...)` stores every embedding in Arrow as a list of floats and reads it back (that
+is what lets `add_batch` stream and gather across processes), which at 10k texts costs as much again as the metric.
+When the embeddings are already arrays in one process, `compute_arrays(text_embeddings, image_index,
+image_embeddings, ...)` takes the same arguments, returns the same results, and skips the Arrow round trip.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -87,35 +94,46 @@ ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
 DEFAULT_TIE_TOLERANCE = 1e-6
 
 
-def _as_unit_rows(values: ArrayLike, name: str) -> torch.Tensor:
-    """Float64 unit rows. Float64 keeps the scores of one pair the same whatever the chunk; rows without a direction
-    (zero, NaN, infinite) are refused, since every score they take part in would be a tie or undefined."""
+def _as_matrix(values: ArrayLike, name: str) -> torch.Tensor:
+    """A 2-D float32/float64 CPU tensor over the caller's data (no copy when it already is one): the embeddings are
+    normalised a chunk at a time, so 100k float32 rows never exist a second time as float64."""
     if isinstance(values, torch.Tensor):
-        matrix = values.detach().to(device="cpu", dtype=torch.float64)
+        matrix = values.detach().to("cpu")
     else:
         try:
-            matrix = torch.from_numpy(np.asarray(values, dtype=np.float64))
+            array = np.asarray(values)
+            matrix = torch.from_numpy(array if array.dtype in (np.float32, np.float64) else array.astype(np.float64))
         except (ValueError, TypeError) as error:
             raise ValueError(f"`{name}` must be a rectangular array of numbers: {error}") from None
+    if matrix.dtype not in (torch.float32, torch.float64):
+        matrix = matrix.double()
     if matrix.ndim != 2:
         raise ValueError(f"`{name}` must have shape (num_items, dim), got shape {tuple(matrix.shape)}.")
     if matrix.shape[0] == 0 or matrix.shape[1] == 0:
         raise ValueError(f"`{name}` is empty (shape {tuple(matrix.shape)}); pass at least one embedding.")
-    not_finite = (~torch.isfinite(matrix)).any(dim=1)
+    return matrix
+
+
+def _inverse_norms(matrix: torch.Tensor, name: str, chunk_size: int) -> torch.Tensor:
+    """Float64 1 / L2 norm of every row, computed `chunk_size` rows at a time. Rows without a direction (zero, NaN,
+    infinite) are refused, since every score they take part in would be a tie or undefined."""
+    norms = torch.empty(matrix.shape[0], dtype=torch.float64)
+    for start in range(0, matrix.shape[0], chunk_size):
+        norms[start : start + chunk_size] = torch.linalg.vector_norm(matrix[start : start + chunk_size].double(), dim=1)
+    not_finite = ~torch.isfinite(norms)
     if not_finite.any():
         raise ValueError(
             f"`{name}` row {int(not_finite.nonzero()[0])} contains NaN or infinite values ({int(not_finite.sum())} "
             "such rows); check the encoder outputs."
         )
-    norms = torch.linalg.vector_norm(matrix, dim=1, keepdim=True)
-    is_zero = norms[:, 0] == 0
+    is_zero = norms == 0
     if is_zero.any():
         raise ValueError(
             f"`{name}` row {int(is_zero.nonzero()[0])} is all zeros ({int(is_zero.sum())} such rows): it has no "
             "direction, so every score it takes part in is a tie. Check the encoder outputs (a collapsed or "
             "untrained projection) or drop those rows."
         )
-    return matrix / norms
+    return norms.reciprocal()
 
 
 def _count_ties(scores: torch.Tensor, best_true: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,14 +186,16 @@ def retrieval_metrics(
     if not is_number or not 0 <= tie_tolerance < 1:
         raise ValueError(f"`tie_tolerance` must be a number in [0, 1) (a cosine difference), got {tie_tolerance!r}.")
 
-    texts = _as_unit_rows(text_embeddings, "text_embeddings")
-    images = _as_unit_rows(image_embeddings, "image_embeddings")
-    if texts.shape[1] != images.shape[1]:
+    texts = _as_matrix(text_embeddings, "text_embeddings")
+    image_matrix = _as_matrix(image_embeddings, "image_embeddings")
+    if texts.shape[1] != image_matrix.shape[1]:
         raise ValueError(
             f"Embedding dimensions differ: text_embeddings has dim {texts.shape[1]}, image_embeddings has dim "
-            f"{images.shape[1]}. Both modalities must be projected into the same space."
+            f"{image_matrix.shape[1]}. Both modalities must be projected into the same space."
         )
-    num_texts, num_images = texts.shape[0], images.shape[0]
+    num_texts, num_images = texts.shape[0], image_matrix.shape[0]
+    text_scale = _inverse_norms(texts, "text_embeddings", chunk_size)
+    images = image_matrix.double() * _inverse_norms(image_matrix, "image_embeddings", chunk_size)[:, None]
 
     image_index = torch.as_tensor(np.asarray(image_index, dtype=np.int64))
     if image_index.shape != (num_texts,):
@@ -196,41 +216,51 @@ def retrieval_metrics(
             "drop them from `image_embeddings` and re-index `image_index`."
         )
 
-    # text->image: one true image, so the tie around it holds the true image itself and t = within - 1.
+    def unit_texts(start: int, stop: int) -> torch.Tensor:
+        return texts[start:stop].double() * text_scale[start:stop, None]
+
+    # image->text needs each image's best true score before its column is counted: the true pairs are only N dot
+    # products, so one cheap pass finds them, and the score matrix is then computed once for both directions.
+    true_scores = torch.empty(num_texts, dtype=torch.float64)
+    for start in range(0, num_texts, chunk_size):
+        stop = min(start + chunk_size, num_texts)
+        true_scores[start:stop] = (unit_texts(start, stop) * images[image_index[start:stop]]).sum(dim=1)
+    best_true = torch.full((num_images,), -torch.inf, dtype=torch.float64).scatter_reduce(
+        0, image_index, true_scores, reduce="amax"
+    )
+    i2t_tied_true = torch.bincount(
+        image_index[true_scores >= best_true[image_index] - tie_tolerance], minlength=num_images
+    )
+
     t2i_above = torch.empty(num_texts, dtype=torch.long)
     t2i_tied = torch.empty(num_texts, dtype=torch.long)
     positive_scores = torch.empty(num_texts, dtype=torch.float64)
+    i2t_above = torch.zeros(num_images, dtype=torch.long)
+    i2t_within = torch.zeros(num_images, dtype=torch.long)
+    text_sum = torch.zeros(texts.shape[1], dtype=torch.float64)
     for start in range(0, num_texts, chunk_size):
         stop = min(start + chunk_size, num_texts)
-        scores = texts[start:stop] @ images.T
-        true_scores = scores.gather(1, image_index[start:stop, None])[:, 0]
-        above, within = _count_ties(scores, true_scores, tie_tolerance)
+        chunk = unit_texts(start, stop)
+        text_sum += chunk.sum(dim=0)
+        scores = chunk @ images.T
+        # text->image: one true image, so the tie around it holds the true image itself and t = within - 1.
+        own_index = image_index[start:stop]
+        own_scores = scores.gather(1, own_index[:, None])[:, 0]
+        above, within = _count_ties(scores, own_scores, tie_tolerance)
         t2i_above[start:stop], t2i_tied[start:stop] = above, within - 1
-        positive_scores[start:stop] = true_scores
-
-    # image->text: texts sorted by image, so the texts of images [start, stop) form one contiguous slice.
-    texts_by_image = torch.argsort(image_index, stable=True)
-    text_offsets = torch.cat([torch.zeros(1, dtype=torch.long), texts_per_image.cumsum(0)]).tolist()
-    i2t_above = torch.empty(num_images, dtype=torch.long)
-    i2t_tied = torch.empty(num_images, dtype=torch.long)
-    i2t_tied_true = torch.empty(num_images, dtype=torch.long)
-    for start in range(0, num_images, chunk_size):
-        stop = min(start + chunk_size, num_images)
-        scores = images[start:stop] @ texts.T
-        own_texts = texts_by_image[text_offsets[start] : text_offsets[stop]]
-        own_rows = image_index[own_texts] - start
-        own_scores = scores[own_rows, own_texts]
-        best_true_scores = torch.full((stop - start,), -torch.inf, dtype=torch.float64).scatter_reduce(
-            0, own_rows, own_scores, reduce="amax"
+        positive_scores[start:stop] = own_scores
+        # image->text: count every text against each image's best true score, then take the image's own texts
+        # back out with the very values that were counted, so the counts hold wrong texts only, bit for bit.
+        i2t_above += (scores > best_true + tie_tolerance).sum(dim=0)
+        i2t_within += (scores >= best_true - tie_tolerance).sum(dim=0)
+        i2t_above -= torch.bincount(own_index[own_scores > best_true[own_index] + tie_tolerance], minlength=num_images)
+        i2t_within -= torch.bincount(
+            own_index[own_scores >= best_true[own_index] - tie_tolerance], minlength=num_images
         )
-        above, within = _count_ties(scores, best_true_scores, tie_tolerance)
-        tied_true = torch.bincount(
-            own_rows[own_scores >= best_true_scores[own_rows] - tie_tolerance], minlength=stop - start
-        )
-        i2t_above[start:stop], i2t_tied[start:stop], i2t_tied_true[start:stop] = above, within - tied_true, tied_true
+    i2t_tied = i2t_within - i2t_above
 
     # The sum over all pairs factorises, so the negative mean needs no N x N buffer.
-    all_pairs_sum = (images.sum(0) @ texts.sum(0)).item()
+    all_pairs_sum = (images.sum(0) @ text_sum).item()
     positive_sum = positive_scores.sum().item()
     num_negative_pairs = num_images * num_texts - num_texts
     negative_mean = (all_pairs_sum - positive_sum) / num_negative_pairs if num_negative_pairs else float("nan")
@@ -274,6 +304,21 @@ class Retrieval(evaluate.Metric):
             raise ValueError("`image_embeddings` is required: pass `compute(..., image_embeddings=...)`.")
         if len(text_embeddings) == 0:
             raise ValueError("No texts to evaluate: pass `text_embeddings` and `image_index` (or call `add_batch`).")
+        return retrieval_metrics(
+            text_embeddings, image_index, image_embeddings, ks=ks, chunk_size=chunk_size, tie_tolerance=tie_tolerance
+        )
+
+    def compute_arrays(
+        self,
+        text_embeddings: ArrayLike,
+        image_index: Union[Sequence[int], np.ndarray, torch.Tensor],
+        image_embeddings: ArrayLike,
+        ks: Sequence[int] = (1, 5, 10),
+        chunk_size: int = 1024,
+        tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
+    ) -> Dict[str, Any]:
+        """`compute` on arrays already in this process (numpy or torch), without the Arrow round trip: the path for
+        embeddings that were gathered beforehand. Batches added with `add_batch` are not used."""
         return retrieval_metrics(
             text_embeddings, image_index, image_embeddings, ks=ks, chunk_size=chunk_size, tie_tolerance=tie_tolerance
         )
