@@ -91,8 +91,8 @@ def trained(request, tokenizer, processor, shapes, datastore, pixel_values) -> R
     torch.manual_seed(0)
     model = build_model(tokenizer, datastore, fusion=request.param)
     batch = training_batch(model, processor, shapes, datastore, pixel_values, own_excluded_neighbours(model, datastore, pixel_values))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    for _ in range(150):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(100):
         loss = model(**batch).loss
         optimizer.zero_grad()
         loss.backward()
