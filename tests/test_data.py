@@ -1,22 +1,16 @@
 import json
 import re
-from collections import defaultdict
 
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.neighbors import KNeighborsClassifier
 
 from data import (
     IMAGE_CAPTION_FEATURES,
-    SENTENCE_POOL,
-    VOCABULARY,
     load_coco_karpathy,
     load_keypoint_table,
     make_shapes_dataset,
     make_shapes_splits,
-    make_signs_dataset,
-    make_signs_splits,
     sign_sequence_features,
 )
 from data.synthetic_shapes import COLOURS, ShapeSpec, _distinct_captions
@@ -38,12 +32,6 @@ def shapes():
 def columns(dataset) -> dict[str, np.ndarray]:
     """All rows at once as numpy columns (variable-length arrays as object arrays); fast to compare and mask."""
     return dataset.with_format("numpy")[:]
-
-
-@pytest.fixture(scope="module")
-def signs():
-    splits = make_signs_splits(800, 200, seed=0)
-    return {"features": splits["train"].features} | {name: columns(split) for name, split in splits.items()}
 
 
 def test_shapes_schema(shapes):
@@ -91,91 +79,6 @@ def test_shapes_splits_use_disjoint_streams():
     assert splits["validation"]["image_id"] == [6, 7, 8, 9]
     assert splits["validation"][0]["image"].size == (32, 32)
     assert not set(map(tuple, splits["validation"]["captions"])) & set(map(tuple, train["captions"]))
-
-
-def test_signs_schema_and_dtypes(signs):
-    assert signs["features"] == sign_sequence_features(21, 2, 32)
-    train = signs["train"]
-    for keypoints, features in zip(train["keypoints"], train["features"]):
-        assert keypoints.dtype == features.dtype == np.float32
-        assert keypoints.shape[1:] == (21, 2) and features.shape == (len(keypoints), 32)
-        assert 15 <= len(keypoints) <= 120 and np.isfinite(keypoints).all()
-    assert [SENTENCE_POOL[sentence_id] for sentence_id in train["sentence_id"]] == train["sentence"].tolist()
-    plain = make_signs_dataset(3, num_keypoints=5, keypoint_dim=3, feature_dim=None)
-    assert "features" not in plain.column_names
-    assert columns(plain)["keypoints"][0].shape[1:] == (5, 3)
-
-
-def test_sign_language_size():
-    assert 30 <= len(VOCABULARY) <= 40
-    assert 150 <= len(SENTENCE_POOL) <= 300 and len(set(SENTENCE_POOL)) == len(SENTENCE_POOL)
-    assert all(3 <= len(sentence.split()) <= 7 for sentence in SENTENCE_POOL)
-
-
-def test_signs_are_deterministic_per_seed(signs):
-    again = columns(make_signs_dataset(30, seed=0))
-    other = columns(make_signs_dataset(30, seed=1))
-    train = signs["train"]
-    for column in ("keypoints", "features"):
-        assert all(np.array_equal(a, b) for a, b in zip(again[column], train[column]))
-    assert again["sentence"].tolist() == train["sentence"][:30].tolist()
-    assert again["signer_id"].tolist() == train["signer_id"][:30].tolist()
-    assert not any(np.array_equal(a, b) for a, b in zip(again["keypoints"], other["keypoints"]) if a.shape == b.shape)
-    assert again["sentence"].tolist() != other["sentence"].tolist()
-
-
-def test_sentences_recur_with_different_signers(signs):
-    signers_per_sentence = defaultdict(set)
-    for sentence_id, signer_id in zip(signs["train"]["sentence_id"], signs["train"]["signer_id"]):
-        signers_per_sentence[int(sentence_id)].add(int(signer_id))
-    assert sum(len(signers) >= 2 for signers in signers_per_sentence.values()) >= 0.5 * len(signers_per_sentence)
-    restricted = columns(make_signs_dataset(40, num_sentences=10))
-    assert restricted["sentence_id"].max() < 10
-    assert len(set(restricted["sentence"])) == len(set(restricted["sentence_id"]))
-
-
-def test_signer_tempo_changes_sequence_length(signs):
-    train = signs["train"]
-    lengths = np.array([len(keypoints) for keypoints in train["keypoints"]])
-    sentence_ids, signer_ids = train["sentence_id"], train["signer_id"]
-    typical = {sentence_id: np.median(lengths[sentence_ids == sentence_id]) for sentence_id in set(sentence_ids)}
-    relative = lengths / np.array([typical[sentence_id] for sentence_id in sentence_ids])
-    per_signer = [relative[signer_ids == signer_id].mean() for signer_id in set(signer_ids)]
-    assert max(per_signer) / min(per_signer) > 1.25
-
-
-def test_signs_splits_hold_out_signers(signs):
-    train, validation = signs["train"], signs["validation"]
-    assert set(train["signer_id"]) == set(range(8)) and set(validation["signer_id"]) == {8, 9}
-    assert not set(train["sample_id"]) & set(validation["sample_id"])
-
-
-def test_first_word_is_recognisable_for_unseen_signers(signs):
-    def opening_motion(dataset) -> np.ndarray:
-        """The first frames relative to the first wrist position, in units of the first hand's size."""
-        rows = []
-        for keypoints in dataset["keypoints"]:
-            start = keypoints[:6] - keypoints[0, :1]
-            rows.append((start / np.linalg.norm(start[0], axis=-1).mean()).ravel())
-        return np.stack(rows)
-
-    def first_words(dataset) -> np.ndarray:
-        return np.array([sentence.split()[0] for sentence in dataset["sentence"]])
-
-    train, validation = signs["train"], signs["validation"]
-    classifier = KNeighborsClassifier(n_neighbors=1).fit(opening_motion(train), first_words(train))
-    accuracy = (classifier.predict(opening_motion(validation)) == first_words(validation)).mean()
-    majority = max(np.mean(first_words(validation) == word) for word in set(first_words(validation)))
-    assert accuracy > max(0.8, 2 * majority)
-
-
-def test_signs_reject_bad_arguments():
-    with pytest.raises(ValueError, match="keypoint_dim"):
-        make_signs_dataset(2, keypoint_dim=4)
-    with pytest.raises(ValueError, match="num_sentences"):
-        make_signs_dataset(2, num_sentences=0)
-    with pytest.raises(ValueError, match="num_eval_signers"):
-        make_signs_splits(2, 2, num_eval_signers=0)
 
 
 @pytest.fixture

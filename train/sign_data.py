@@ -1,16 +1,22 @@
 """Sign-language data for every trainer that reads clips: the embedded synthetic set or a keypoint table."""
 
+from datasets import concatenate_datasets
+
 from configuration import SequenceEncoderConfig
 from data.keypoint_table import load_keypoint_table
-from data.synthetic_signs import make_signs_splits
+from data.synthetic_signs import EVAL_SPLITS, make_signs_splits
 
 
 def load_sign_splits(data_args):
     """(train, held-out) datasets of clips with `keypoints`, `features` (when there are any), `sentence`,
     `sentence_id`, `signer_id`; the synthetic clips have the shapes of `SequenceEncoderConfig`'s defaults.
 
+    The synthetic held-out set is the three splits of `make_signs_splits` (`num_eval` clips each) one after the
+    other, with a `split` column naming each clip's: seen sentences, unseen sentences, unseen signers.
+
     `data_args` carries `dataset` ('synthetic' or 'keypoint_table'), `num_train`, `num_eval`, `data_seed`, and for a
-    table `train_table`, `eval_table`, `keypoint_dir`, `feature_dir`.
+    table `train_table`, `eval_table`, `keypoint_dir`, `feature_dir`; optionally `occlusion_rate` (synthetic: share
+    of clips with an occluded span, NaN keypoints; 0 when absent, for processors that reject NaN).
     """
     if data_args.dataset == "synthetic":
         defaults = SequenceEncoderConfig()
@@ -21,8 +27,10 @@ def load_sign_splits(data_args):
             num_keypoints=defaults.num_keypoints,
             keypoint_dim=defaults.keypoint_dim,
             feature_dim=defaults.feature_dim,
+            occlusion_rate=getattr(data_args, "occlusion_rate", 0.0),
         )
-        return splits["train"], splits["validation"]
+        held_out = [splits[name].add_column("split", [name] * len(splits[name])) for name in EVAL_SPLITS]
+        return splits["train"], concatenate_datasets(held_out)
     if data_args.dataset == "keypoint_table":
         if not (data_args.train_table and data_args.eval_table and data_args.keypoint_dir):
             raise ValueError("--dataset keypoint_table needs --train_table, --eval_table and --keypoint_dir.")
