@@ -68,6 +68,15 @@ class Sign2TextConfig(PreTrainedConfig):
             Fixed (not learned) temperature of both contrastive losses; the design notes lowered it from 0.07 to
             sharpen an embedding space that had collapsed into a narrow cone. Not called `temperature`: generation
             configs copy that name from the model config and would sample at 0.05.
+        ctc_weight (`float`, defaults to 0.0):
+            Weight of the auxiliary CTC loss of a linear gloss head over the frame states (joint CTC/attention
+            training). Needs `gloss_vocabulary`. 0 turns it off.
+        gloss_vocabulary (`list[str]`, *optional*):
+            Words the CTC head names (index i + 1; 0 is the CTC blank), built from the training sentences. Without it
+            the model has no CTC head.
+        label_smoothing (`float`, defaults to 0.0):
+            Label smoothing of the generation cross-entropy: the target token gets 1 - ε and the rest ε spread
+            evenly, which keeps the decoder from betting everything on the language prior.
         memory_size (`int`, defaults to 0):
             Past clip embeddings (with their sentence ids) kept as extra SupCon candidates, MoCo-queue style, for
             more negatives than a small batch holds. 0 turns the memory off.
@@ -104,6 +113,9 @@ class Sign2TextConfig(PreTrainedConfig):
     clip_weight: float = 1.0
     generation_weight: float = 2.0
     contrastive_temperature: float = 0.05
+    ctc_weight: float = 0.0
+    gloss_vocabulary: list[str] | None = None
+    label_smoothing: float = 0.0
     memory_size: int = 0
     initializer_range: float = 0.02
     is_encoder_decoder: bool = True
@@ -124,9 +136,13 @@ class Sign2TextConfig(PreTrainedConfig):
                 raise ValueError(f"{name} ({getattr(self, name)}) must lie in [0, vocab_size={self.vocab_size}).")
         if not 0.0 <= self.decoder_dropout < 1.0:
             raise ValueError(f"decoder_dropout must lie in [0, 1), got {self.decoder_dropout}.")
-        weights = {name: getattr(self, name) for name in ("generation_weight", "clip_weight", "supcon_weight")}
+        weights = {name: getattr(self, name) for name in ("generation_weight", "clip_weight", "supcon_weight", "ctc_weight")}
         if any(weight < 0 for weight in weights.values()) or not any(weights.values()):
             raise ValueError(f"Loss weights must be non-negative and not all zero, got {weights}.")
+        if self.ctc_weight and not self.gloss_vocabulary:
+            raise ValueError("ctc_weight > 0 needs a gloss_vocabulary for the CTC head (the training sentences' words).")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}.")
         if self.memory_size < 0:
             raise ValueError(f"memory_size must be 0 (off) or positive, got {self.memory_size}.")
         if self.contrastive_temperature <= 0:

@@ -4,7 +4,9 @@ The pose/feature sequence tower shared with the VLP model encodes a clip; a tran
 self-attention and cross-attention to the raw frame states writes the sentence. Two auxiliary losses shape the
 encoder through their own projection heads, which the decoder never sees: CLIP between the pooled clip and a text
 encoder's embedding of the target sentence, and SupCon between clips of the same sentence. The design notes traced
-a decoder that ignored its input to an encoder whose clips all looked alike; these losses push clips apart.
+a decoder that ignored its input to an encoder whose clips all looked alike; these losses push clips apart. A CTC
+head over the frame states (joint CTC/attention training, as in speech and gloss-based sign translation) makes
+every frame state name the word being signed, in order, which is what the decoder has to read.
 """
 
 import math
@@ -38,6 +40,8 @@ class Sign2TextOutput(ModelOutput):
         Symmetric InfoNCE between clips and their target sentences, when text inputs are given.
     supcon_loss (`torch.FloatTensor` of shape `()`, *optional*):
         Supervised contrastive loss between clips sharing a sentence id, when `sentence_ids` are given.
+    ctc_loss (`torch.FloatTensor` of shape `()`, *optional*):
+        CTC loss of the gloss head's frame scores against `gloss_labels`, when they are given.
     logits (`torch.FloatTensor` of shape `(batch, target_length, vocab_size)`, *optional*):
         Next-token scores of the decoder, when it ran (given `decoder_input_ids` or `labels`).
     cache (`EncoderDecoderCache`, *optional*):
@@ -54,6 +58,7 @@ class Sign2TextOutput(ModelOutput):
     generation_loss: torch.FloatTensor | None = None
     clip_loss: torch.FloatTensor | None = None
     supcon_loss: torch.FloatTensor | None = None
+    ctc_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: Cache | None = None
     visual_embeds: torch.FloatTensor | None = None
@@ -67,6 +72,49 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = decoder_start_token_id
     return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def make_gloss_labels(sentences: list[str], gloss_vocabulary: list[str]) -> torch.Tensor:
+    """CTC targets of sentences: each lower-cased word's index in `gloss_vocabulary` plus one (0 is the blank),
+    padded with -100; words outside the vocabulary are left out, since the CTC head cannot name them."""
+    index = {gloss: position + 1 for position, gloss in enumerate(gloss_vocabulary)}
+    rows = [[index[word] for word in sentence.lower().split() if word in index] for sentence in sentences]
+    labels = torch.full((len(rows), max([1, *map(len, rows)])), -100, dtype=torch.long)
+    for row, ids in enumerate(rows):
+        labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return labels
+
+
+def ctc_loss(frame_logits: torch.Tensor, frame_mask: torch.Tensor | None, gloss_labels: torch.Tensor) -> torch.Tensor:
+    """CTC loss (blank = 0) of per-frame gloss scores against gloss sequences, averaged over the batch.
+
+    Args:
+        frame_logits: `(batch, frames, num_glosses + 1)` scores; index 0 is the blank.
+        frame_mask: `(batch, frames)`, 1 for real frames. Masked frames (padding, or frames whose keypoints all went
+            missing) are taken out of the sequence, so the remaining frames stay in order and contiguous.
+        gloss_labels: `(batch, length)` gloss ids in `1..num_glosses`, padded with -100.
+
+    Each clip's loss is divided by its number of glosses (`reduction="mean"`); alignments that cannot fit (fewer
+    frames than the glosses need) give 0 instead of inf (`zero_infinity`).
+    """
+    log_probs = frame_logits.float().log_softmax(dim=-1)
+    if frame_mask is None:
+        input_lengths = torch.full((log_probs.shape[0],), log_probs.shape[1], dtype=torch.long, device=log_probs.device)
+    else:
+        keep = frame_mask.bool()
+        order = torch.sort((~keep).int(), dim=1, stable=True).indices  # real frames first, in their order
+        log_probs = log_probs.gather(1, order[..., None].expand_as(log_probs))
+        input_lengths = keep.sum(dim=1)
+    present = gloss_labels != -100
+    return nn.functional.ctc_loss(
+        log_probs.transpose(0, 1),
+        gloss_labels[present],
+        input_lengths,
+        present.sum(dim=1),
+        blank=0,
+        reduction="mean",
+        zero_infinity=True,
+    )
 
 
 class Sign2TextEncoder(nn.Module):
@@ -256,6 +304,8 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
         text_hidden_size = config.text_config.hidden_size
         self.text_projection = ProjectionHead(text_hidden_size, text_hidden_size, config.projection_dim)
         self.memory = EmbeddingMemory(config.memory_size, config.projection_dim) if config.memory_size else None
+        glosses = config.gloss_vocabulary
+        self.ctc_head = nn.Linear(hidden_size, len(glosses) + 1) if glosses else None
         self.post_init()
         self._apply_freezing()
         # Room for the start token plus a full-length target, so generation never outruns the position table.
@@ -311,6 +361,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
         text_input_ids: torch.Tensor | None = None,
         text_attention_mask: torch.Tensor | None = None,
         sentence_ids: torch.Tensor | None = None,
+        gloss_labels: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
         cache: EncoderDecoderCache | None = None,
         use_cache: bool | None = None,
@@ -327,6 +378,8 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             text_input_ids, text_attention_mask: the target sentences for the text encoder (CLIP loss).
             sentence_ids: `(batch,)` sentence of each clip; clips sharing one are SupCon positives (two augmented
                 views of a clip share its id).
+            gloss_labels: `(batch, length)` the target's glosses as ids into `config.gloss_vocabulary` plus one (0 is
+                the CTC blank), padded with -100 (`make_gloss_labels`). Needs the CTC head (a gloss vocabulary).
             encoder_outputs: frame states from `get_encoder()`, to skip the encoder (as `generate` does).
             cache: an `EncoderDecoderCache` to extend; one is created when `use_cache` is set.
             use_cache: return the decoder's keys/values for incremental decoding.
@@ -361,8 +414,12 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
         losses = {}
         if logits is not None and labels is not None:
             losses["generation"] = nn.functional.cross_entropy(
-                logits.flatten(0, 1), labels.flatten(), ignore_index=-100
+                logits.flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=self.config.label_smoothing
             )
+        if gloss_labels is not None:
+            if self.ctc_head is None:
+                raise ValueError("gloss_labels need the CTC head: build the config with a gloss_vocabulary.")
+            losses["ctc"] = ctc_loss(self.ctc_head(frame_states), frame_mask, gloss_labels)
         if text_embeds is not None:
             log_scale = visual_embeds.new_tensor(-math.log(self.config.contrastive_temperature))
             # clips of one sentence (and two views of one clip) all match each copy of that sentence
@@ -378,6 +435,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             "generation": self.config.generation_weight,
             "clip": self.config.clip_weight,
             "supcon": self.config.supcon_weight,
+            "ctc": self.config.ctc_weight,
         }
         # Every term is computed and returned (an ablation still logs what it no longer trains); a zero weight drops
         # the term from the sum rather than multiplying it, so a non-finite unused term cannot leak in.
@@ -388,6 +446,7 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
             generation_loss=losses.get("generation"),
             clip_loss=losses.get("clip"),
             supcon_loss=losses.get("supcon"),
+            ctc_loss=losses.get("ctc"),
             logits=logits,
             cache=cache,
             visual_embeds=visual_embeds,
@@ -396,4 +455,4 @@ class Sign2TextModel(FreezeAfterLoadingMixin, Sign2TextPreTrainedModel, Generati
         )
 
 
-__all__ = ["Sign2TextModel", "Sign2TextOutput", "Sign2TextPreTrainedModel"]
+__all__ = ["Sign2TextModel", "Sign2TextOutput", "Sign2TextPreTrainedModel", "ctc_loss", "make_gloss_labels"]

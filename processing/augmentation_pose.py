@@ -31,6 +31,10 @@ class PoseAugmentation:
     Args:
         speed_range: the clip is replayed at a speed drawn uniformly from `(low, high)` by picking the nearest source
             frame for each output frame; above 1 gives fewer frames, below 1 repeats frames.
+        time_warp: strength of a smooth, monotone warp of the time axis on top of the speed change, so the tempo
+            varies within the clip as it does within a signed sentence: output position u in [0, 1] reads source
+            position `u + a sin(pi k u) / (pi k)` with `a` drawn from `[-time_warp, time_warp]` and k from {1, 2, 3}.
+            In `[0, 1)`, which keeps the warp monotone and the first and last frames in place.
         crop_fraction: up to this share of the frames is cut from the start, and independently from the end, as
             signers start and stop at different moments. In `[0, 0.5)`, so at least one frame remains.
         noise_std: standard deviation of the Gaussian noise added to every present coordinate (keypoint detectors
@@ -45,6 +49,8 @@ class PoseAugmentation:
             rotation_degrees]`.
         translation: x and y are shifted by amounts drawn from `[-translation, translation]`. Normalisation in
             `prepare_sequences` removes it; it matters only with `normalize_keypoints=False`.
+        mirror_probability: with this probability x is reflected about the clip's centre: the same signing by a
+            signer of the other handedness. Together with scale and rotation, a per-signer style transform.
     """
 
     speed_range: tuple[float, float] = (0.8, 1.2)
@@ -55,6 +61,8 @@ class PoseAugmentation:
     scale_range: tuple[float, float] = (1.0, 1.0)
     rotation_degrees: float = 0.0
     translation: float = 0.0
+    time_warp: float = 0.0
+    mirror_probability: float = 0.0
 
     def __post_init__(self):
         _check_range("speed_range", self.speed_range)
@@ -63,6 +71,9 @@ class PoseAugmentation:
             raise ValueError(f"crop_fraction must be in [0, 0.5) so a frame remains, got {self.crop_fraction}.")
         _check_probability("mask_probability", self.mask_probability)
         _check_probability("frame_mask_probability", self.frame_mask_probability)
+        _check_probability("mirror_probability", self.mirror_probability)
+        if not 0 <= self.time_warp < 1:
+            raise ValueError(f"time_warp must be in [0, 1) so the warp stays monotone, got {self.time_warp}.")
         if not 0 <= self.rotation_degrees <= 180:
             raise ValueError(f"rotation_degrees must be in [0, 180], got {self.rotation_degrees}.")
         for name in ("noise_std", "translation"):
@@ -93,9 +104,14 @@ class PoseAugmentation:
             raise ValueError("Every keypoint of the clip is missing; there is nothing to augment.")
         centre = present_points.mean(axis=0)
         spread = max(float(np.linalg.norm(present_points - centre, axis=-1).mean()), 1e-6)
-        has_spatial = tuple(self.scale_range) != (1.0, 1.0) or self.rotation_degrees > 0 or self.translation > 0
+        has_spatial = (
+            tuple(self.scale_range) != (1.0, 1.0)
+            or self.rotation_degrees > 0
+            or self.translation > 0
+            or self.mirror_probability > 0
+        )
         if has_spatial and keypoints.shape[-1] < 2:
-            raise ValueError(f"Scale, rotation and translation need x and y; keypoints have {keypoints.shape[-1]} dim.")
+            raise ValueError(f"Scale, rotation, translation and mirroring need x and y; keypoints have {keypoints.shape[-1]} dim.")
 
         frames = self._frame_indices(keypoints.shape[0], rng)
         keypoints = keypoints[frames]
@@ -109,18 +125,25 @@ class PoseAugmentation:
         return keypoints, features
 
     def _frame_indices(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
-        """Crop both ends, then resample the rest to the new speed by nearest-frame indexing."""
+        """Crop both ends, then resample the rest to the new speed (warped in time) by nearest-frame indexing."""
         max_cut = math.floor(self.crop_fraction * num_frames)
         start, stop = rng.integers(0, max_cut + 1), num_frames - rng.integers(0, max_cut + 1)
         speed = rng.uniform(*self.speed_range)
         length = max(1, round((stop - start) / speed))
-        return np.linspace(start, stop - 1, length).round().astype(np.int64)
+        if self.time_warp == 0:
+            return np.linspace(start, stop - 1, length).round().astype(np.int64)
+        position = np.linspace(0.0, 1.0, length)
+        strength, waves = rng.uniform(-self.time_warp, self.time_warp), rng.integers(1, 4)
+        position = position + strength * np.sin(np.pi * waves * position) / (np.pi * waves)
+        return (start + position * (stop - 1 - start)).round().astype(np.int64)
 
     def _transform(
         self, keypoints: np.ndarray, centre: np.ndarray, spread: float, rng: np.random.Generator
     ) -> np.ndarray:
         """One x-y scale, rotation and shift for the whole clip, about its centre, so the motion itself is kept."""
         scale = rng.uniform(*self.scale_range, size=2)
+        if self.mirror_probability > 0 and rng.random() < self.mirror_probability:
+            scale[0] = -scale[0]
         angle = np.deg2rad(rng.uniform(-self.rotation_degrees, self.rotation_degrees))
         shift = rng.uniform(-self.translation, self.translation, size=2) * spread
         rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])

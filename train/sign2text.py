@@ -1,15 +1,19 @@
 """Train the Sign2Text encoder–decoder: pose keypoints and per-frame features in, a sentence out.
 
-    accelerate launch train/sign2text.py                      # embedded keypoint–sentence data, ~10 min on 2 CPU cores
-    accelerate launch train/sign2text.py --clip_weight 0 --supcon_weight 0   # ablation: generation loss only
+    accelerate launch train/sign2text.py                      # embedded continuous signing, ~15 min on 2 CPU cores
+    accelerate launch train/sign2text.py --clip_weight 0 --supcon_weight 0   # ablation: no contrastive terms
+    accelerate launch train/sign2text.py --ctc_weight 0       # ablation: no CTC head
     accelerate launch train/sign2text.py --init_encoder_from outputs/vlp-signs/final   # phase 1 → phase 2
 
-Held-out report: WER, BLEU-4 (with its sacrebleu signature) and ROUGE-L of greedy generations, the same for a
-text-only baseline (the decoder with its visual input zeroed: what it writes from the language prior alone),
-clip↔sentence retrieval (Ret@1/5/10, median rank, PosSim/NegSim) and collapse diagnostics.
+Held-out report, per split (seen sentences, unseen sentences, unseen signers; the headline is unseen sentences):
+WER, BLEU-4 (with its sacrebleu signature) and ROUGE-L of the generations, the same for a text-only baseline (the
+decoder with its visual input zeroed: what it writes from the language prior alone), clip↔sentence retrieval
+(Ret@1/5/10, median rank, PosSim/NegSim) and collapse diagnostics.
 """
 
 import logging
+import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +23,11 @@ from transformers import AutoConfig, AutoModel
 
 from configuration import Sign2TextConfig
 from hub import pipeline_card_fields
+from data.synthetic_signs import EVAL_SPLITS
 from modeling import Sign2TextModel, VLPModel
+from modeling.modeling_sign2text import make_gloss_labels
 from processing import PoseAugmentation, Sign2TextProcessor
+from processing.processing_pose import LONG_CLIPS, LongClipWarning
 from processing.pipeline_sign2text import Sign2TextPipeline
 from train.arguments import DecoderLoraArguments, SequenceTowerArguments, SignDataArguments, TrainingArguments
 from train.backbones import load_tokenizer, offline_model_dir
@@ -33,6 +40,12 @@ from train.sign_data import clip_shapes, load_sign_splits, processor_sequence_se
 logger = logging.getLogger(__name__)
 
 CHECK_SAMPLE_SIZE = 64
+HEADLINE_SPLIT = "unseen_sentences"
+SPLIT_TITLES = {
+    "seen_sentences": "seen sentences (new clips of training sentences, training signers)",
+    "unseen_sentences": "unseen sentences (no test sentence in training, training signers)",
+    "unseen_signers": "unseen signers (training sentences, signers never in training)",
+}
 
 
 @dataclass
@@ -59,7 +72,10 @@ class ModelArguments:
     supcon_weight: float = field(default=1.0, metadata={"help": "Weight of the clip–clip SupCon loss (0: off)."})
     contrastive_temperature: float = field(default=0.05, metadata={"help": "Temperature of both contrastive losses."})
     memory_size: int = field(default=0, metadata={"help": "Past clip embeddings kept as extra SupCon candidates (MoCo-style queue; 0: off)."})
+    ctc_weight: float = field(default=1.0, metadata={"help": "Weight of the CTC loss of a gloss head on the encoder (joint CTC/attention; 0: off)."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the generation loss (0: off)."})
     num_beams: int = field(default=1, metadata={"help": "Beam size for the held-out generations (1: greedy)."})
+    length_penalty: float = field(default=1.0, metadata={"help": "Beam search: scores are divided by length**length_penalty (>1 favours longer outputs)."})
 
 
 @dataclass
@@ -74,7 +90,26 @@ class Sign2TextTowerArguments(SequenceTowerArguments):
 
 @dataclass
 class DataArguments(SignDataArguments):
+    num_eval: int = field(default=200, metadata={"help": "synthetic: held-out clips per split (seen sentences, unseen sentences, unseen signers)."})
+    occlusion_rate: float = field(default=0.3, metadata={"help": "synthetic: share of clips with an occluded span of frames (NaN keypoints)."})
     augment: bool = field(default=True, metadata={"help": "Train on two augmented views of every clip (SupCon positives)."})
+    style_augmentation: bool = field(
+        default=True,
+        metadata={"help": "Augment with signer-style transforms (mirroring, rotation, aspect) and temporal warps besides speed, noise and keypoint dropout."},
+    )
+
+    def augmentation(self) -> PoseAugmentation:
+        """Views for training: crops stay small (a cut sign is a word the target still names)."""
+        if not self.style_augmentation:
+            return PoseAugmentation(crop_fraction=0.02)
+        return PoseAugmentation(
+            crop_fraction=0.02,
+            time_warp=0.3,
+            frame_mask_probability=0.03,
+            scale_range=(0.85, 1.15),
+            rotation_degrees=15.0,
+            mirror_probability=0.5,
+        )
 
 
 @dataclass
@@ -122,11 +157,17 @@ class Sign2TextTask(Task):
         super().__init__(model_args, tower_args, lora_args, data_args, training_args)
         self.model_args, self.tower_args, self.lora_args, self.data_args = model_args, tower_args, lora_args, data_args
         self.monitor = CollapseMonitor(logger=logger)
-        self.augmentation = PoseAugmentation()
+        self.augmentation = data_args.augmentation()
+        # Clips longer than --max_frames are counted and reported once at the end, not warned about one by one.
+        warnings.simplefilter("ignore", LongClipWarning)
+        LONG_CLIPS.reset()
 
     def load_splits(self):
         train_set, eval_set = load_sign_splits(self.data_args)
         self.eval_examples = list(eval_set)
+        # The collapse checks watch the headline split when there is one.
+        headline = [example for example in self.eval_examples if example.get("split") == HEADLINE_SPLIT]
+        self.check_examples = (headline or self.eval_examples)[:CHECK_SAMPLE_SIZE]
         return train_set, eval_set
 
     def build_model(self, train_set) -> Sign2TextModel:
@@ -156,6 +197,8 @@ class Sign2TextTask(Task):
                     args.init_encoder_from,
                     ", ".join(f"--{flag} {ours} → {theirs}" for flag, (ours, theirs) in overridden.items()),
                 )
+        # A word-level gloss vocabulary for the CTC head, from the training sentences (as glosses would be).
+        glosses = sorted({word for sentence in train_set["sentence"] for word in sentence.lower().split()}) if args.ctc_weight else None
         special = {"pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id, "sep_token_id": tokenizer.sep_token_id}
         if None in special.values():
             raise ValueError(f"The decoder needs a tokenizer with [PAD], [CLS] and [SEP] tokens (BERT family); got {special}.")
@@ -177,6 +220,9 @@ class Sign2TextTask(Task):
             supcon_weight=args.supcon_weight,
             contrastive_temperature=args.contrastive_temperature,
             memory_size=args.memory_size,
+            ctc_weight=args.ctc_weight,
+            gloss_vocabulary=glosses,
+            label_smoothing=args.label_smoothing,
         )
         model = Sign2TextModel(config)
         model.text_model.load_state_dict(AutoModel.from_pretrained(text_path).state_dict())
@@ -223,6 +269,8 @@ class Sign2TextTask(Task):
         sequence = self.model_config.sequence_config
         batch = self.processor(text=[example["sentence"] for example in examples], **sequence_inputs(examples, sequence))
         batch["sentence_ids"] = torch.tensor([example["sentence_id"] for example in examples])
+        if self.model_config.ctc_weight:
+            batch["gloss_labels"] = make_gloss_labels([example["sentence"] for example in examples], self.model_config.gloss_vocabulary)
         return dict(batch)
 
     def checkpoint_state(self, model) -> list:
@@ -230,11 +278,13 @@ class Sign2TextTask(Task):
         return [] if memory is None else [EmbeddingMemoryState(memory)]
 
     def _generate(self, model, examples: list[dict], num_beams: int = 1, zero_visual: bool = False) -> list[str]:
-        """Generations for a batch of clips; `zero_visual` blanks every clip for the text-only baseline."""
+        """Generations for a batch of clips (beam search with `--length_penalty` when `num_beams` > 1);
+        `zero_visual` blanks every clip for the text-only baseline."""
         inputs = self.processor(**sequence_inputs(examples, model.config.sequence_config)).to(self.accelerator.device)
         if zero_visual:
             inputs = {name: value if name == "frame_mask" else torch.zeros_like(value) for name, value in inputs.items()}
-        return self.processor.batch_decode(model.generate(**inputs, num_beams=num_beams, do_sample=False))
+        options = {"num_beams": num_beams, "length_penalty": self.model_args.length_penalty} if num_beams > 1 else {}
+        return self.processor.batch_decode(model.generate(**inputs, do_sample=False, **options))
 
     def _encode(self, model, clips, sharded: bool):
         device = self.accelerator.device
@@ -251,7 +301,7 @@ class Sign2TextTask(Task):
 
     def periodic_check(self, model, step: int) -> dict[str, float]:
         """Embedding and generation collapse on a fixed sample of held-out clips."""
-        sample = self.eval_examples[:CHECK_SAMPLE_SIZE]
+        sample = self.check_examples
         return CollapseCallback(
             self.monitor,
             embed=lambda: embedding_check_arguments(self._encode(model, sample, sharded=False)),
@@ -259,39 +309,68 @@ class Sign2TextTask(Task):
         )(step)
 
     def evaluate(self, model, eval_set) -> EvaluationReport | None:
-        """Generation (and the text-only baseline) sharded over processes, corpus metrics once on all of it;
-        retrieval between clips and their sentences."""
+        """Generation (and the text-only baseline) sharded over processes, corpus metrics once per held-out split on
+        the main process; retrieval between all held-out clips and their sentences."""
         examples, batch_size = self.eval_examples, self.training_args.eval_batch_size
         num_beams = self.model_args.num_beams
         predictions = map_sharded(self.accelerator, examples, lambda batch: self._generate(model, batch, num_beams), batch_size)
         baseline = map_sharded(self.accelerator, examples, lambda batch: self._generate(model, batch, zero_visual=True), batch_size)
         pairs = self._encode(model, examples, sharded=True)
+        if LONG_CLIPS.clips:
+            logger.warning(
+                "%d clips (training views and held-out clips) were longer than --max_frames %d (the longest had %d "
+                "frames) and were resampled to it; raise --max_frames to keep every frame.",
+                LONG_CLIPS.clips, self.model_config.sequence_config.max_frames, LONG_CLIPS.longest,
+            )  # fmt: skip
         if not self.accelerator.is_main_process:
             return None
         references = [example["sentence"] for example in examples]
-        report, baseline_report = generation_report(predictions, references), generation_report(baseline, references)
+        by_split = defaultdict(list)
+        for index, example in enumerate(examples):
+            by_split[example.get("split")].append(index)
+        order = [name for name in EVAL_SPLITS if name in by_split] + [name for name in by_split if name not in EVAL_SPLITS]
+        metrics, sections, summary = {}, [], []
+        for split in order:
+            indices = by_split[split]
+            refs = [references[i] for i in indices]
+            report = generation_report([predictions[i] for i in indices], refs)
+            baseline_report = generation_report([baseline[i] for i in indices], refs)
+            prefix = f"{split}_" if split else ""
+            metrics |= {f"{prefix}{name}": value for name, value in report["metrics"].items()}
+            metrics |= {f"{prefix}text_only_{name}": value for name, value in baseline_report["metrics"].items()}
+            title = SPLIT_TITLES.get(split, "held-out clips")
+            summary.append(
+                f"| {title} | {len(indices)} | {report['metrics']['WER']:.2f} | {report['metrics']['BLEU-4']:.2f} | "
+                f"{report['metrics']['ROUGE-L']:.2f} | {baseline_report['metrics']['WER']:.2f} | "
+                f"{baseline_report['metrics']['BLEU-4']:.2f} |"
+            )
+            sections.append(
+                f"### Generation: {title} ({len(indices)} clips)\n\n{report['table']}\n\n"
+                f"Text-only baseline (same decoder, visual input zeroed):\n\n{baseline_report['table']}\n\n"
+                "| reference | generated |\n|---|---|\n"
+                + "\n".join(f"| {references[i]} | {predictions[i]} |" for i in indices[:6])
+            )
         retrieval = retrieval_report(pairs, [model.config.projection_dim])
         self.monitor.check_embeddings(**embedding_check_arguments(pairs, retrieval))
         diversity = self.monitor.check_generations(predictions, references)
-        metrics = {
-            **report["metrics"],
-            **{f"text_only_{name}": value for name, value in baseline_report["metrics"].items()},
-            **retrieval.headline,
-            "distinct_outputs": diversity["distinct_output_share"],
-        }
+        metrics |= {**retrieval.headline, "distinct_outputs": diversity["distinct_output_share"]}
+        decoding = "greedy" if num_beams == 1 else f"beam search, {num_beams} beams, length penalty {self.model_args.length_penalty:g}"
         tables = (
-            f"### Generation ({len(references)} held-out clips, signers unseen in training)\n\n{report['table']}\n\n"
-            f"### Text-only baseline (same decoder, visual input zeroed)\n\n{baseline_report['table']}\n\n"
-            f"### Clip ↔ sentence retrieval\n\n{retrieval.table}\n\n"
-            "### Examples\n\n| reference | generated |\n|---|---|\n"
-            + "\n".join(f"| {ref} | {pred} |" for ref, pred in list(zip(references, predictions))[:8])
+            f"### Generation per held-out split ({decoding}; WER, BLEU-4, ROUGE-L in %)\n\n"
+            "| split | clips | WER | BLEU-4 | ROUGE-L | text-only WER | text-only BLEU-4 |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(summary)
+            + "\n\n"
+            + "\n\n".join(sections)
+            + f"\n\n### Clip ↔ sentence retrieval (all {len(examples)} held-out clips)\n\n{retrieval.table}"
         )
-        headline_names = ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim")
+        prefix = f"{HEADLINE_SPLIT}_" if HEADLINE_SPLIT in by_split else ("" if None in by_split else f"{order[0]}_")
+        headline = {name: metrics[f"{prefix}{name}"] for name in ("WER", "BLEU-4", "ROUGE-L", "text_only_WER")}
+        headline |= {name: metrics[name] for name in ("v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim")}
         return EvaluationReport(
             metrics=metrics,
-            headline={name: metrics[name] for name in headline_names},
+            headline=headline,
             tables=tables,
-            examples=list(zip(references, predictions)),
+            examples=[(reference, prediction, examples[i].get("split")) for i, (reference, prediction) in enumerate(zip(references, predictions))],
         )
 
     def card_fields(self, report: EvaluationReport) -> dict:
@@ -306,7 +385,9 @@ class Sign2TextTask(Task):
                 f"A {config.sequence_config.num_hidden_layers}-layer sequence tower over pose keypoints and frame "
                 f"features with a {config.decoder_layers}-layer decoder, trained {self.training_args.max_train_steps} "
                 f"steps with losses generation×{args.generation_weight:g} + CLIP×{args.clip_weight:g} + "
-                f"SupCon×{args.supcon_weight:g} on {dataset_name}."
+                f"SupCon×{args.supcon_weight:g} + CTC×{args.ctc_weight:g} (label smoothing {args.label_smoothing:g}) on "
+                f"{dataset_name}. The metrics below are on "
+                + ("sentences never seen in training." if self.data_args.dataset == "synthetic" else "the held-out clips.")
             ),
             metric_types={"WER": "wer", "BLEU-4": "bleu", "ROUGE-L": "rouge", "text_only_WER": "wer"},
             task_type="translation",

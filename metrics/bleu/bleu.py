@@ -33,6 +33,11 @@ changes the number is recorded in the returned `signature`, e.g. `nrefs:1|case:m
 version:2.6.0`: report it with the score, otherwise BLEU numbers are not comparable. If the model's tokenizer is
 uncased (e.g. DistilBERT uncased) and references are cased, pass `lowercase=True` (signature then shows `case:lc`).
 
+Short sentences: BLEU-4 multiplies four n-gram precisions, so a corpus without a single 4-gram (every sentence
+shorter than 4 words) scores 0 however good it is. By default (`effective_order=None`) such a corpus is scored with
+sacrebleu's effective order instead: the geometric mean runs over the n-gram orders the corpus has (`eff:yes` in the
+signature, `effective_order: True` in the result). Any corpus with n-grams of every order gets plain BLEU-4.
+
 References: one string per prediction, or a list of strings per prediction (several references; every prediction
 must have the same number of them).
 """
@@ -46,13 +51,16 @@ Args:
     tokenize (`str`, defaults to `None` = "13a"): sacrebleu tokenizer ("13a", "intl", "char", "zh", "none", ...).
     smooth_method (`str`, defaults to `"exp"`): "exp", "floor", "add-k" or "none".
     smooth_value (`float`, optional): value for "floor" / "add-k" smoothing.
+    effective_order (`bool`, optional): average only over the n-gram orders the predictions contain. `None`
+        (default): only when some order up to 4 has no n-gram at all, where plain BLEU-4 would be 0 by construction.
 
 Returns:
     `bleu` (`float`, 0-100): corpus BLEU-4; `precisions` (`list` of 4 `float`, 0-100): modified n-gram precisions;
     `bp` (`float`): brevity penalty; `sys_len`, `ref_len` (`int`): hypothesis / effective reference lengths in
     tokens; `ratio` (`float`): sys_len / ref_len; `counts`, `totals` (`list` of 4 `int`): n-gram matches and
     n-gram totals (the additive sufficient statistics); `signature` (`str`): sacrebleu's signature;
-    `num_sentences` (`int`); `num_references` (`int`, per prediction).
+    `num_sentences` (`int`); `num_references` (`int`, per prediction); `effective_order` (`bool`): whether the
+    effective order was used.
 
 Examples:
     >>> bleu = evaluate.load("metrics/bleu")
@@ -127,6 +135,7 @@ def corpus_bleu(
     tokenize: str | None = None,
     smooth_method: str = "exp",
     smooth_value: float | None = None,
+    effective_order: bool | None = None,
 ) -> dict[str, Any]:
     """sacrebleu corpus BLEU-4 with its statistics and signature; see `_DESCRIPTION`."""
     _check_predictions(predictions)
@@ -135,10 +144,21 @@ def corpus_bleu(
         raise ValueError("No sentences to evaluate: `predictions` and `references` are empty.")
     num_references = len(per_prediction[0])
     reference_streams = [[refs[i] for refs in per_prediction] for i in range(num_references)]
-    scorer = SacreBLEU(
-        lowercase=lowercase, tokenize=tokenize, smooth_method=smooth_method, smooth_value=smooth_value, max_ngram_order=4
-    )
+    def scorer_with(effective: bool) -> SacreBLEU:
+        return SacreBLEU(
+            lowercase=lowercase,
+            tokenize=tokenize,
+            smooth_method=smooth_method,
+            smooth_value=smooth_value,
+            max_ngram_order=4,
+            effective_order=effective,
+        )
+
+    scorer = scorer_with(bool(effective_order))
     score = scorer.corpus_score(list(predictions), reference_streams)
+    if effective_order is None and not all(score.totals):
+        scorer = scorer_with(True)
+        score = scorer.corpus_score(list(predictions), reference_streams)
     return {
         "bleu": float(score.score),
         "precisions": [float(p) for p in score.precisions],
@@ -151,6 +171,7 @@ def corpus_bleu(
         "signature": str(scorer.get_signature()),
         "num_sentences": len(predictions),
         "num_references": num_references,
+        "effective_order": scorer.effective_order,
     }
 
 
@@ -193,6 +214,7 @@ class BLEU(evaluate.Metric):
         tokenize: str | None = None,
         smooth_method: str = "exp",
         smooth_value: float | None = None,
+        effective_order: bool | None = None,
     ):
         return corpus_bleu(
             predictions,
@@ -201,4 +223,5 @@ class BLEU(evaluate.Metric):
             tokenize=tokenize,
             smooth_method=smooth_method,
             smooth_value=smooth_value,
+            effective_order=effective_order,
         )
