@@ -1,114 +1,193 @@
-"""Benchmark: chunked retrieval metric vs a naive full N x N score matrix, on the same random data in one run.
+"""Benchmark: the shipped retrieval metric at scale, against a bare chunked matmul + rank count written inline.
 
-Times `retrieval_metrics` from `metrics/retrieval/retrieval.py` (the core of the evaluate module, without the Arrow
-round trip) against a baseline that materialises every text x image score at once (same tie rule), checks both give
-the same ranks, and reports the size of the largest score buffer each one allocates (chunk_size x N vs N x N float64).
+Three ways to score the same random embeddings (5 texts per image, float32 inputs, as an encoder gives them):
+
+- **bare**: what a user would write inline: float64 unit rows, one chunked text x image matmul, rank = 1 + the
+  candidates scoring higher, R@K from the ranks. No tie rule, no input checks, no similarity diagnostics.
+- **array path**: `retrieval.compute_arrays(...)` (the module's own function on arrays, no Arrow).
+- **evaluate.compute**: `retrieval.compute(text_embeddings=..., ...)`, which stores the texts in Arrow as lists of
+  floats and reads them back.
+
+Time is measured in this process, the median of `--repeats` runs after one warm-up (sizes above 20,000 texts: the one
+run that also checks the paths agree and measures memory). Peak memory is the call's own: before the call the
+kernel's peak-RSS counter is reset (`/proc/self/clear_refs`), and the call's figure is peak RSS minus the RSS before
+it (VmHWM - VmRSS from `/proc/self/status`), so the inputs the caller already holds are not counted; glibc is told to
+give every block above 64 KiB back to the kernel when freed, so a call cannot reuse an earlier call's freed memory
+unseen. torch's CPU allocations are invisible to tracemalloc, hence RSS. The largest size is then extrapolated to `--estimate` texts
+with the growth measured between the last two sizes.
 
 Usage:
-    python benchmarks/bench_retrieval_metric.py [--chunk-size 256] [--dim 256] [--repeats 3]
+    python benchmarks/bench_retrieval_metric.py [--num-texts 10000 100000] [--dim 256] [--threads 1]
 """
 
-import argparse
-import importlib.util
+import ctypes
+import ctypes.util
+import gc
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    apply_common_arguments,
+    benchmark_parser,
+    machine_description,
+    median_seconds,
+    print_table,
+)
 
-METRIC_FILE = Path(__file__).resolve().parents[1] / "metrics" / "retrieval" / "retrieval.py"
+
 TEXTS_PER_IMAGE = 5
-FLOAT64_BYTES = 8
+KS = (1, 5, 10)
+PATHS = ("bare", "array path", "evaluate.compute")
 
 
-def load_retrieval_module():
-    spec = importlib.util.spec_from_file_location("retrieval_metric", METRIC_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_metric():
+    import evaluate
+
+    from metrics import metric_path
+
+    return evaluate.load(str(metric_path("retrieval")), keep_in_memory=True)
 
 
-def naive_retrieval_ranks(texts: np.ndarray, image_index: np.ndarray, images: np.ndarray, tie_tolerance: float):
-    """Baseline: one full (num_texts, num_images) score matrix, same tie rule as the metric (expected ranks)."""
-    texts = torch.nn.functional.normalize(torch.from_numpy(texts).double(), dim=-1)
-    images = torch.nn.functional.normalize(torch.from_numpy(images).double(), dim=-1)
-    image_index = torch.from_numpy(image_index)
-    scores = texts @ images.T
-    true_scores = scores.gather(1, image_index[:, None])
-    t2i_above = (scores > true_scores + tie_tolerance).sum(dim=1)
-    t2i_tied = (scores >= true_scores - tie_tolerance).sum(dim=1) - t2i_above - 1
-    t2i_ranks = t2i_above + 1 + t2i_tied.double() / 2
-    best_true_scores = torch.full((len(images),), -torch.inf, dtype=torch.float64).scatter_reduce(
-        0, image_index, true_scores[:, 0], reduce="amax"
+def bare_chunked_ranks(texts: np.ndarray, image_index: np.ndarray, images: np.ndarray, chunk_size: int) -> dict:
+    """The inline baseline: float64 unit rows, one chunked matmul for both directions, rank = 1 + higher scores."""
+    texts = torch.from_numpy(texts).double()
+    texts /= texts.norm(dim=1, keepdim=True)
+    images = torch.from_numpy(images).double()
+    images /= images.norm(dim=1, keepdim=True)
+    index = torch.from_numpy(image_index)
+    best_true = torch.full((len(images),), -torch.inf, dtype=torch.float64).scatter_reduce(
+        0, index, (texts * images[index]).sum(dim=1), reduce="amax"
     )
-    i2t_above = (scores > best_true_scores[None, :] + tie_tolerance).sum(dim=0)
-    i2t_within = (scores >= best_true_scores[None, :] - tie_tolerance).sum(dim=0) - i2t_above
-    i2t_tied_true = torch.bincount(
-        image_index[true_scores[:, 0] >= best_true_scores[image_index] - tie_tolerance], minlength=len(images)
+    t2i_ranks = torch.empty(len(texts), dtype=torch.long)
+    i2t_ranks = torch.ones(len(images), dtype=torch.long)
+    for start in range(0, len(texts), chunk_size):
+        scores = texts[start : start + chunk_size] @ images.T
+        true_scores = scores.gather(1, index[start : start + chunk_size, None])
+        t2i_ranks[start : start + chunk_size] = 1 + (scores > true_scores).sum(dim=1)
+        # 1e-12: an image's own best text can come out of the matmul an ulp above its row-wise dot product
+        i2t_ranks += (scores > best_true + 1e-12).sum(dim=0)
+    return {
+        f"{prefix}_R@{k}": 100.0 * (ranks <= k).double().mean().item()
+        for prefix, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks))
+        for k in KS
+    }
+
+
+def run_path(path: str, metric, texts, image_index, images, chunk_size: int) -> dict:
+    if path == "bare":
+        return bare_chunked_ranks(texts, image_index, images, chunk_size)
+    if path == "array path":
+        return metric.compute_arrays(texts, image_index, images, ks=KS, chunk_size=chunk_size)
+    return metric.compute(
+        text_embeddings=texts, image_index=image_index, image_embeddings=images, ks=list(KS), chunk_size=chunk_size
     )
-    i2t_ranks = i2t_above + 1 + (i2t_within - i2t_tied_true) / (i2t_tied_true + 1).double()
-    return i2t_ranks, t2i_ranks
 
 
-def best_time(function, repeats: int) -> float:
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        timings.append(time.perf_counter() - start)
-    return min(timings)
+def random_pairs(num_texts: int, dim: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    num_images = num_texts // TEXTS_PER_IMAGE
+    images = rng.standard_normal((num_images, dim), dtype=np.float32)
+    image_index = np.repeat(np.arange(num_images), TEXTS_PER_IMAGE)
+    texts = images[image_index] + np.float32(2.0) * rng.standard_normal((num_texts, dim), dtype=np.float32)
+    return texts, image_index, images
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def fix_mmap_threshold() -> None:
+    """Make glibc serve every block above 64 KiB with its own mmap and return it to the kernel when freed (a fixed
+    threshold also stops glibc raising it as large blocks are freed): then one call's freed buffers do not stay
+    resident for the next call to reuse unseen, and the RSS peak of a call is its own."""
+    M_MMAP_THRESHOLD = -3
+    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+
+
+def peak_memory_mib(function) -> float:
+    """Peak RSS of `function()` above the RSS before the call, in MiB: the kernel's peak counter (VmHWM) is reset to
+    the current RSS through /proc/self/clear_refs first, so what the process held before is not counted."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # Linux >= 4.0: resets VmHWM to the current RSS
+    before = _status_kib("VmRSS")
+    function()
+    return (_status_kib("VmHWM") - before) / 1024
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-texts", type=int, nargs="+", default=[1_000, 5_000, 10_000])
-    parser.add_argument("--chunk-size", type=int, default=256)
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--num-texts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--estimate", type=int, default=1_000_000, help="texts to extrapolate the last size to")
     args = parser.parse_args()
+    apply_common_arguments(args)
+    fix_mmap_threshold()
+    if args.quick:
+        args.num_texts, args.dim = [500, 1000], 32
 
-    retrieval = load_retrieval_module()
-    rng = np.random.default_rng(0)
+    metric = load_metric()
+    threads = torch.get_num_threads()
+    print(f"Machine: {machine_description()}")
     print(
-        f"chunk_size={args.chunk_size}, dim={args.dim}, {TEXTS_PER_IMAGE} texts per image, float64 scores, "
-        f"best of {args.repeats}, torch threads={torch.get_num_threads()}"
+        f"{TEXTS_PER_IMAGE} texts per image, dim {args.dim}, chunk_size {args.chunk_size}, float32 inputs, "
+        f"float64 scores; time: median of {args.repeats} (one run above 20,000 texts), {threads} torch threads; memory: the call's own peak RSS"
     )
-    header = (
-        f"{'texts':>7} {'images':>7} {'naive s':>9} {'chunked s':>10} {'time ratio':>11} "
-        f"{'naive MiB':>10} {'chunked MiB':>12} {'memory ratio':>13}"
-    )
-    print(header)
-    print("-" * len(header))
+    rows, measured = [], []
     for num_texts in args.num_texts:
-        num_images = num_texts // TEXTS_PER_IMAGE
-        images = rng.standard_normal((num_images, args.dim)).astype(np.float32)
-        image_index = np.repeat(np.arange(num_images), TEXTS_PER_IMAGE)
-        texts = (images[image_index] + 2.0 * rng.standard_normal((num_texts, args.dim))).astype(np.float32)
+        texts, image_index, images = random_pairs(num_texts, args.dim)
+        seconds, results, peaks = {}, {}, {}
+        for path in PATHS:
+            outputs = []
+            start = time.perf_counter()
+            peaks[path] = peak_memory_mib(
+                lambda: outputs.append(run_path(path, metric, texts, image_index, images, args.chunk_size))
+            )
+            seconds[path] = time.perf_counter() - start
+            results[path] = outputs[0]
+            if num_texts <= 20_000:  # the run above was the warm-up (and the memory measurement)
+                seconds[path] = median_seconds(
+                    lambda: run_path(path, metric, texts, image_index, images, args.chunk_size), args.repeats, warmup=0
+                )
+        for path in PATHS[1:]:  # random float embeddings have no ties, so every path must agree on R@K
+            for key, value in results["bare"].items():
+                assert math.isclose(results[path][key], value, abs_tol=1e-9), f"{path} {key} disagrees with bare"
+        measured.append((num_texts, seconds, peaks))
+        for path in PATHS:
+            rows.append([num_texts, len(images), path, seconds[path], seconds[path] / seconds["bare"], peaks[path]])
+    if len(measured) >= 2:
+        (small, small_seconds, small_peaks), (large, large_seconds, large_peaks) = measured[-2:]
 
-        tolerance = retrieval.DEFAULT_TIE_TOLERANCE
-        i2t_ranks, t2i_ranks = naive_retrieval_ranks(texts, image_index, images, tolerance)
-        chunked = retrieval.retrieval_metrics(texts, image_index, images, ks=[1], chunk_size=args.chunk_size)
-        for prefix, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks)):
-            assert math.isclose(chunked[f"{prefix}_MeanR"], ranks.mean().item(), rel_tol=1e-12), f"{prefix} MeanR"
-            assert chunked[f"{prefix}_MedR"] == np.floor(np.median(ranks.numpy())), f"{prefix} MedR disagrees"
+        def estimated_seconds(path: str) -> float:
+            exponent = math.log(large_seconds[path] / small_seconds[path]) / math.log(large / small)
+            return large_seconds[path] * (args.estimate / large) ** exponent
 
-        naive_seconds = best_time(lambda: naive_retrieval_ranks(texts, image_index, images, tolerance), args.repeats)
-        chunked_seconds = best_time(
-            lambda: retrieval.retrieval_metrics(texts, image_index, images, ks=[1], chunk_size=args.chunk_size),
-            args.repeats,
-        )
-        naive_bytes = num_texts * num_images * FLOAT64_BYTES
-        chunked_bytes = FLOAT64_BYTES * max(
-            min(args.chunk_size, num_texts) * num_images, min(args.chunk_size, num_images) * num_texts
-        )
-        print(
-            f"{num_texts:>7} {num_images:>7} {naive_seconds:>9.3f} {chunked_seconds:>10.3f} "
-            f"{chunked_seconds / naive_seconds:>10.2f}x {naive_bytes / 2**20:>10.1f} {chunked_bytes / 2**20:>12.1f} "
-            f"{chunked_bytes / naive_bytes:>12.3f}x"
-        )
-    print("time ratio = chunked / naive; memory ratio = largest chunked score buffer / full N x N matrix.")
+        for path in PATHS:
+            memory_slope = (large_peaks[path] - small_peaks[path]) / (large - small)
+            rows.append(
+                [
+                    f"{args.estimate} (estimate)",
+                    args.estimate // TEXTS_PER_IMAGE,
+                    path,
+                    estimated_seconds(path),
+                    estimated_seconds(path) / estimated_seconds("bare"),
+                    large_peaks[path] + memory_slope * (args.estimate - large),
+                ]
+            )
+    print_table(
+        "Retrieval metric: bare chunked matmul + rank count vs the shipped module",
+        ["texts", "images", "path", "seconds", "ratio vs bare", "peak MiB"],
+        rows,
+    )
+    print("Estimate rows: time grown with the exponent measured between the last two sizes, memory linearly.")
 
 
 if __name__ == "__main__":

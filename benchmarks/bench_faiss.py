@@ -1,0 +1,301 @@
+"""Benchmark: the RAG captioner's faiss datastore (`modeling/modeling_retriever.py`), exact `Flat` search as the
+baseline for every approximate index, in one process.
+
+1. **Build**: captions/s of `CaptionRetriever.build` (VLP text tower + index add) vs encoding the same captions alone.
+2. **Quality on VLP embeddings** (the trained VLP in `--vlp`; `--quick` uses a tiny untrained one): the datastore is every caption of `--quality-images`
+   synthetic shapes pictures, the queries are `--queries` of those pictures' VLP image embeddings (as the RAG
+   captioner queries). Recall@10 of each approximate index against `Flat`, tie-aware: a returned caption counts if its
+   exact score reaches Flat's 10th best (less 1e-5), since identical captions have identical embeddings. R@1: share
+   of queries whose top caption is one of the picture's own captions (the text, as duplicates exist).
+3. **Speed on random unit vectors** at `--entries` datastore sizes, batches of 64 queries, at the settings picked
+   from part 2. HNSW is built only up to `--hnsw-max-entries` (single-threaded HNSW construction of 1M vectors takes
+   longer than this benchmark's budget); larger sizes are marked "not built".
+4. **Share of a RAG training step**: one search of a training batch (64 images) at the largest size vs one
+   optimisation step of the default RAG captioner (batch 64) on this machine.
+
+Usage:
+    python benchmarks/bench_faiss.py [--entries 100000 1000000] [--threads 1]
+"""
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, apply_common_arguments, benchmark_parser, machine_description, median_seconds, print_table  # noqa: E402
+
+import faiss  # noqa: E402
+
+
+def ivf_factory(nlist: int) -> str:
+    return f"IVF{nlist},Flat"
+
+
+def build_index(vectors: np.ndarray, factory: str, search_dim: int | None = None, refine_factor: int = 8):
+    """The index `CaptionRetriever` would build (same factory, same Matryoshka wrapping), filled with `vectors`."""
+    from modeling.modeling_retriever import CaptionRetriever
+
+    retriever = CaptionRetriever(vectors.shape[1], index_factory=factory, search_dim=search_dim, refine_factor=refine_factor)
+    if not retriever.index.is_trained:
+        retriever.index.train(vectors)
+    retriever.index.add(vectors)
+    return retriever.index
+
+
+def set_parameter(index, name: str, value) -> None:
+    faiss.ParameterSpace().set_index_parameter(index, name, value)
+
+
+def tie_aware_recall(found_ids: np.ndarray, exact_scores: np.ndarray, queries: np.ndarray, data: np.ndarray, k: int) -> float:
+    """Share of the returned ids whose exact score reaches the exact k-th best score (less 1e-5)."""
+    threshold = exact_scores[:, k - 1 : k] - 1e-5
+    valid = found_ids >= 0
+    scores = np.einsum("qd,qkd->qk", queries, data[np.where(valid, found_ids, 0)])
+    return float(((scores >= threshold) & valid).sum() / (k * len(queries)))
+
+
+def random_unit(count: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def vlp_data(args):
+    """Captions, their VLP text embeddings (timed: encoding alone and the full build), and image queries."""
+    from transformers import AutoImageProcessor
+
+    from data.synthetic_shapes import make_shapes_dataset
+    from modeling import RagCaptionerModel
+
+    if args.quick:
+        model, image_processor = tiny_untrained_captioner()
+    elif not Path(args.vlp, "config.json").is_file():
+        raise FileNotFoundError(
+            f"No trained VLP at {args.vlp}: train one (python train/vlp.py --output_dir outputs/vlp-images) or pass "
+            "--vlp; the quality figures need real embeddings."
+        )
+    else:
+        model = RagCaptionerModel.from_vlp(args.vlp).eval()
+        image_processor = AutoImageProcessor.from_pretrained(args.vlp)
+    image_size = model.config.retriever_config.vision_config.image_size
+    dataset = make_shapes_dataset(args.quality_images, seed=0, image_size=image_size)
+    captions_per_image = dataset["captions"]
+    captions = [caption for image_captions in captions_per_image for caption in image_captions]
+
+    model.embed_captions(captions[: args.build_batch])  # warm-up, so neither timing below pays for the first call
+    start = time.perf_counter()
+    embeddings = np.concatenate(
+        [model.embed_captions(captions[i : i + args.build_batch]).numpy() for i in range(0, len(captions), args.build_batch)]
+    )
+    encode_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    model.retriever.build(captions, batch_size=args.build_batch, show_progress=False)
+    build_seconds = time.perf_counter() - start
+
+    rows = np.random.default_rng(1).choice(len(dataset), size=min(args.queries, len(dataset)), replace=False)
+    images = list(dataset.select(rows)["image"])
+    with torch.no_grad():
+        pixel_values = image_processor(images, return_tensors="pt")["pixel_values"]
+        queries = model.get_image_embeddings(model.get_image_tokens(pixel_values)).numpy()
+    own_captions = [set(captions_per_image[row]) for row in rows]
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return model, captions, embeddings.astype(np.float32), queries, own_captions, encode_seconds, build_seconds
+
+
+def tiny_untrained_captioner():
+    """`--quick`: a 32-wide untrained VLP and decoder, so the smoke run needs no trained checkpoint."""
+    from transformers import GPT2Config
+
+    from configuration import RagCaptionerConfig, VLPConfig
+    from modeling import RagCaptionerModel
+    from train.backbones import load_image_processor, load_tokenizer, tiny_text_config, tiny_vision_config
+
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)
+    config = RagCaptionerConfig(
+        retriever_config=VLPConfig(
+            vision_config=tiny_vision_config(image_size=32, patch_size=8, hidden_size=32, num_layers=1),
+            sequence_config=None,
+            text_config=tiny_text_config(vocab_size=len(tokenizer), hidden_size=32, num_layers=1),
+            pooling_hidden_size=32, num_pooling_heads=2, num_latents=8, projection_dim=32, matryoshka_dims=[32, 16],
+        ),
+        decoder_config=GPT2Config(
+            vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=101,
+            eos_token_id=102, pad_token_id=0,
+        ),
+    )
+    model = RagCaptionerModel(config)
+    model.set_tokenizers(tokenizer, tokenizer)
+    return model.eval(), load_image_processor(None, 32)
+
+
+def rag_training_step_seconds(model, batch_size: int, repeats: int) -> float:
+    """One optimisation step of the RAG captioner on random inputs of the default shapes (frozen VLP, as trained)."""
+    config = model.config
+    model.train()
+    image_size = config.retriever_config.vision_config.image_size
+    length = config.max_caption_tokens + 2
+    vocab = config.decoder_config.vocab_size
+    batch = dict(
+        input_ids=torch.randint(1000, vocab, (batch_size, length)),
+        attention_mask=torch.ones(batch_size, length, dtype=torch.long),
+        labels=torch.randint(1000, vocab, (batch_size, length)),
+        pixel_values=torch.randn(batch_size, 3, image_size, image_size),
+        retrieved_embeds=torch.nn.functional.normalize(torch.randn(batch_size, config.num_retrieved, config.retriever_config.projection_dim), dim=-1),
+        retrieved_mask=torch.ones(batch_size, config.num_retrieved, dtype=torch.bool),
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    seconds = median_seconds(step, repeats)
+    model.eval()
+    return seconds
+
+
+def main() -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--vlp", default=str(REPO_ROOT / "outputs" / "vlp-images" / "final"))
+    parser.add_argument("--quality-images", type=int, default=20_000, help="pictures whose captions form the VLP datastore")
+    parser.add_argument("--queries", type=int, default=1024, help="VLP image queries for recall")
+    parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--hnsw-max-entries", type=int, default=200_000)
+    parser.add_argument("--nlist", type=int, default=1024)
+    parser.add_argument("--nprobes", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    parser.add_argument("--ef-searches", type=int, nargs="+", default=[16, 32, 64, 128])
+    parser.add_argument("--search-dim", type=int, default=64)
+    parser.add_argument("--refine-factors", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--recall-target", type=float, default=0.95)
+    parser.add_argument("--build-batch", type=int, default=512)
+    args = parser.parse_args()
+    apply_common_arguments(args)
+    if args.quick:
+        args.quality_images, args.queries, args.entries, args.nlist = 60, 64, [2000], 16
+        args.nprobes, args.ef_searches, args.refine_factors, args.search_dim = [2, 8], [16, 64], [8], 16
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
+    k, batch = 10, 64
+
+    print(f"Machine: {machine_description()}, faiss {faiss.__version__} with {faiss.omp_get_max_threads()} threads")
+    model, captions, data, queries, own, encode_seconds, build_seconds = vlp_data(args)
+    dim = data.shape[1]
+    print_table(
+        "Datastore build: VLP text tower + faiss Flat add vs encoding alone",
+        ["captions", "encode only captions/s", "build captions/s", "build / encode time"],
+        [[len(captions), len(captions) / encode_seconds, len(captions) / build_seconds, build_seconds / encode_seconds]],
+    )
+
+    # ---- quality on VLP embeddings
+    flat = build_index(data, "Flat")
+    exact_scores, exact_ids = flat.search(queries, k)
+    caption_array = np.asarray(captions, dtype=object)
+
+    def r_at_1(ids: np.ndarray) -> float:
+        return float(np.mean([caption_array[row[0]] in mine for row, mine in zip(ids, own)]))
+
+    def timed_search(index, vectors: np.ndarray) -> tuple[float, np.ndarray]:
+        """Median seconds per batch of 64 queries, and the ids of searching every query."""
+        seconds = median_seconds(lambda: index.search(vectors[:batch], k), args.repeats)
+        return seconds, index.search(vectors, k)[1]
+
+    flat_seconds, _ = timed_search(flat, queries)
+    full_r1 = r_at_1(exact_ids)
+    quality_rows = [["Flat", "exact", flat_seconds * 1e3, 1.0, 1.0, full_r1]]
+    candidates = {}
+    ivf = build_index(data, ivf_factory(args.nlist))
+    for nprobe in args.nprobes:
+        set_parameter(ivf, "nprobe", nprobe)
+        seconds, ids = timed_search(ivf, queries)
+        recall = tie_aware_recall(ids, exact_scores, queries, data, k)
+        candidates.setdefault("ivf", []).append((nprobe, recall))
+        quality_rows.append([ivf_factory(args.nlist), f"nprobe={nprobe}", seconds * 1e3, seconds / flat_seconds, recall, r_at_1(ids)])
+    hnsw = build_index(data, "HNSW32")
+    for ef in args.ef_searches:
+        set_parameter(hnsw, "efSearch", ef)
+        seconds, ids = timed_search(hnsw, queries)
+        recall = tie_aware_recall(ids, exact_scores, queries, data, k)
+        candidates.setdefault("hnsw", []).append((ef, recall))
+        quality_rows.append(["HNSW32", f"efSearch={ef}", seconds * 1e3, seconds / flat_seconds, recall, r_at_1(ids)])
+    for refine in args.refine_factors:
+        prefix = build_index(data, "Flat", search_dim=args.search_dim, refine_factor=refine)
+        seconds, ids = timed_search(prefix, queries)
+        recall = tie_aware_recall(ids, exact_scores, queries, data, k)
+        quality_rows.append([f"Flat @ {args.search_dim} dims + re-rank", f"refine_factor={refine}", seconds * 1e3, seconds / flat_seconds, recall, r_at_1(ids)])
+    print_table(
+        f"Quality on VLP embeddings: {len(data)} captions of {args.quality_images} pictures, {len(queries)} image "
+        f"queries, dim {dim}; time per batch of {batch} queries",
+        ["index", "setting", "ms / batch", "time vs Flat", f"recall@{k} vs Flat", "R@1 (own caption)"],
+        quality_rows,
+    )
+
+    def smallest_meeting_target(name: str) -> int:
+        meeting = [setting for setting, recall in candidates[name] if recall >= args.recall_target]
+        return min(meeting) if meeting else max(setting for setting, _ in candidates[name])
+
+    nprobe, ef = smallest_meeting_target("ivf"), smallest_meeting_target("hnsw")
+    refine = 8 if 8 in args.refine_factors else args.refine_factors[-1]
+    print(
+        f"\nPicked (smallest setting with recall@{k} >= {args.recall_target} on VLP embeddings): nprobe={nprobe}, "
+        f"efSearch={ef}; Matryoshka refine_factor={refine}"
+    )
+
+    # ---- speed on random unit vectors
+    speed_rows, flat_at_largest, best_at_largest = [], None, None
+    queries_random = random_unit(batch, dim, seed=1)
+    for entries in args.entries:
+        vectors = random_unit(entries, dim, seed=0)
+        indexes = [("Flat", "exact", lambda: build_index(vectors, "Flat"), {})]
+        indexes.append((ivf_factory(args.nlist), f"nprobe={nprobe}", lambda: build_index(vectors, ivf_factory(args.nlist)), {"nprobe": nprobe}))
+        indexes.append(("HNSW32", f"efSearch={ef}", (lambda: build_index(vectors, "HNSW32")) if entries <= args.hnsw_max_entries else None, {"efSearch": ef}))
+        indexes.append((f"Flat @ {args.search_dim} dims + re-rank", f"refine_factor={refine}", lambda: build_index(vectors, "Flat", args.search_dim, refine), {}))
+        indexes.append((f"{ivf_factory(args.nlist)} @ {args.search_dim} dims + re-rank", f"nprobe={nprobe}, refine_factor={refine}", lambda: build_index(vectors, ivf_factory(args.nlist), args.search_dim, refine), {"nprobe": nprobe}))
+        flat_seconds = None
+        for name, setting, make, parameters in indexes:
+            if make is None:
+                speed_rows.append([entries, name, setting, "not built", "", ""])
+                continue
+            start = time.perf_counter()
+            index = make()
+            build = time.perf_counter() - start
+            for parameter, value in parameters.items():
+                set_parameter(index, parameter, value)
+            seconds = median_seconds(lambda: index.search(queries_random, k), args.repeats)
+            flat_seconds = flat_seconds or seconds
+            speed_rows.append([entries, name, setting, build, seconds * 1e3, flat_seconds / seconds])
+            if entries == args.entries[-1]:
+                if name == "Flat":
+                    flat_at_largest = seconds
+                elif name.startswith("IVF") and "dims" not in name:
+                    best_at_largest = (name, setting, seconds)
+            del index
+        del vectors
+    print_table(
+        f"Search speed on random unit vectors, dim {dim}, batches of {batch} queries, k={k} (recall on random data is "
+        "not representative: see the VLP table)",
+        ["entries", "index", "setting", "build s", "ms / batch", "speed-up vs Flat"],
+        speed_rows,
+    )
+
+    # ---- share of a training step
+    step_batch = 4 if args.quick else batch
+    step = rag_training_step_seconds(model, step_batch, args.repeats)
+    share_rows = [[args.entries[-1], "Flat", "exact", flat_at_largest * 1e3, step * 1e3, flat_at_largest / step]]
+    if best_at_largest:
+        name, setting, seconds = best_at_largest
+        share_rows.append([args.entries[-1], name, setting, seconds * 1e3, step * 1e3, seconds / step])
+    print_table(
+        f"Search of {batch} queries as a share of one RAG captioner training step (batch {step_batch}, default config "
+        "around the trained VLP)",
+        ["entries", "index", "setting", "search ms", "training step ms", "search / step"],
+        share_rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
