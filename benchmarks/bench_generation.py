@@ -14,7 +14,8 @@ Every run writes exactly `--new-tokens` tokens (`min_new_tokens` = `max_new_toke
 search over `--beams` beams, from `--encoder-length` random encoder states given to `generate` (`encoder_outputs`;
 for the RAG captioner, its fused `encoder_hidden_states`), so only the decoding is timed. Tokens/s counts the new
 tokens of the returned sequence (beams are not counted separately). The recompute baseline is the same model's
-`generate(use_cache=False)`, which runs the whole prefix at every step.
+`generate(use_cache=False)`, which runs the whole prefix at every step; "same tokens" says whether both wrote the
+same sequence (they must, up to float rounding on near-ties).
 
 Usage:
     python benchmarks/bench_generation.py [--new-tokens 64] [--beams 4] [--encoder-length 64] [--threads 1]
@@ -155,7 +156,9 @@ def main() -> None:
                 settings = dict(
                     max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, num_beams=beams, do_sample=False
                 )
-                new_tokens = decoder.generate(**settings).shape[1] - 1  # less the start token
+                cached = decoder.generate(**settings, use_cache=True)
+                new_tokens = cached.shape[1] - 1  # less the start token
+                same_tokens = torch.equal(cached, decoder.generate(**settings, use_cache=False))
                 tokens_per_second = {}
                 for label, call, extra in (
                     ("cache", decoder.generate, dict(use_cache=True)),
@@ -166,12 +169,13 @@ def main() -> None:
                     tokens_per_second[label] = new_tokens / seconds
                 rows.append([
                     decoder.name, search, new_tokens, tokens_per_second["recompute"], tokens_per_second["cache"],
-                    tokens_per_second["cache"] / tokens_per_second["recompute"], decoder.builtin_name,
+                    tokens_per_second["cache"] / tokens_per_second["recompute"], "yes" if same_tokens else "no",
+                    decoder.builtin_name,
                     tokens_per_second["builtin"], tokens_per_second["cache"] / tokens_per_second["builtin"],
                 ])
     print_table(
         "Generation: tokens/s with the KV cache vs recomputing the prefix, and vs a built-in encoder-decoder",
-        ["decoder", "search", "new tokens", "recompute tok/s", "cache tok/s", "cache / recompute", "built-in",
+        ["decoder", "search", "new tokens", "recompute tok/s", "cache tok/s", "cache / recompute", "same tokens", "built-in",
          "built-in tok/s", "ours / built-in"],
         rows,
     )

@@ -17,7 +17,7 @@ EXPECTED = {
         ["| bare |", "| array path |", "| evaluate.compute |", "(estimate)"],
     ),
     "bench_generation.py": (
-        ["| decoder | search | new tokens | recompute tok/s | cache tok/s | cache / recompute | built-in |"],
+        ["| decoder | search | new tokens | recompute tok/s | cache tok/s | cache / recompute | same tokens | built-in |"],
         ["Sign2Text", "RAG captioner GPT-2", "Multimodal-CoT T5", "| greedy |", "| beam 4 |"],
     ),
     "bench_faiss.py": (
