@@ -51,6 +51,13 @@ class TrainingArguments:
         default=100, metadata={"help": "Run the collapse checks on a held-out sample every N steps; 0: only the final evaluation."}
     )
     eval_batch_size: int = field(default=256, metadata={"help": "Batch size for the final evaluation."})
+    dataloader_num_workers: int = field(
+        default=2,
+        metadata={
+            "help": "Worker processes that collate training batches (decode, process images, tokenise) while the "
+            "model trains; 0 collates in the training process, between steps."
+        },
+    )
     push_to_hub_repo: str | None = field(default=None, metadata={"help": "Also upload the final folder to this Hub repo id."})
 
     def __post_init__(self):
@@ -64,6 +71,8 @@ class TrainingArguments:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        if self.dataloader_num_workers < 0:
+            raise ValueError(f"--dataloader_num_workers must be 0 or more, got {self.dataloader_num_workers}.")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -134,6 +134,37 @@ class SeededRows(Dataset):
         return self.rows[index], np.random.default_rng((self.seed, self.epoch, index))
 
 
+class _CollateRows:
+    """The data loader's `collate_fn`: a task's `collate` on `SeededRows` items (a class, not a closure, so that
+    worker processes started with spawn can receive it)."""
+
+    def __init__(self, task: Task):
+        self.task = task
+
+    def __call__(self, items: list[tuple[dict, np.random.Generator]]) -> dict:
+        return self.task.collate([row for row, _ in items], [rng for _, rng in items])
+
+
+def training_dataloader(task: Task, rows: SeededRows, args: TrainingArguments) -> DataLoader:
+    """Shuffled, equal-sized micro-batches of `task.collate`. With `--dataloader_num_workers` the collation (image
+    decoding and processing, tokenising) runs in worker processes that stay up across epochs and prepare the next
+    batches while the model trains on this one."""
+    workers = args.dataloader_num_workers
+    return DataLoader(
+        rows,
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,  # equal batches on every rank: gathered contrastive losses need them
+        # Its own generator: starting an epoch's iterator then draws no number from the global RNG, which would
+        # otherwise shift dropout after a resume (the resumed run starts that iterator at another moment).
+        generator=torch.Generator().manual_seed(args.seed),
+        collate_fn=_CollateRows(task),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
 def _endless_micro_batches(accelerator: Accelerator, dataloader, rows: SeededRows, start_micro_batch: int):
     """Micro-batches over epochs (reshuffled each epoch), skipping those a resumed run already consumed."""
     epoch, skip = divmod(start_micro_batch, len(dataloader))
@@ -163,19 +194,16 @@ def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
         sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
     )
     rows = SeededRows(train_set, args.seed)
-    dataloader = DataLoader(
-        rows,
-        batch_size=args.per_device_train_batch_size,
-        shuffle=True,
-        drop_last=True,  # equal batches on every rank: gathered contrastive losses need them
-        # Its own generator: starting an epoch's iterator then draws no number from the global RNG, which would
-        # otherwise shift dropout after a resume (the resumed run starts that iterator at another moment).
-        generator=torch.Generator().manual_seed(args.seed),
-        collate_fn=lambda items: task.collate([row for row, _ in items], [rng for _, rng in items]),
-    )
+    dataloader = training_dataloader(task, rows, args)
     optimizer, scheduler = create_optimizer_and_scheduler(model, args)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     k = args.gradient_accumulation_steps
+    if k > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(
+            f"--gradient_accumulation_steps {k} under DeepSpeed: DeepSpeed steps the optimiser inside every backward "
+            "this loop makes, so it would take k steps instead of one. Use --gradient_accumulation_steps 1 with a "
+            "larger --per_device_train_batch_size, or the DDP config train/accelerate_configs/ddp_multi_gpu.yaml."
+        )
     if len(dataloader) < k:
         raise ValueError(
             f"The training set gives {len(dataloader)} micro-batches per epoch and process, fewer than "
@@ -192,7 +220,9 @@ def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
     for step in range(start_step + 1, args.max_train_steps + 1):
         logs = task.train_step(model, [next(batches) for _ in range(k)])
         if args.max_grad_norm > 0:
-            logs["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            if grad_norm is not None:  # DeepSpeed clips inside its own step and may not report the norm
+                logs["grad_norm"] = float(grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -239,4 +269,4 @@ def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
     return Path(args.output_dir, "final")
 
 
-__all__ = ["EvaluationReport", "SeededRows", "Task", "run"]
+__all__ = ["EvaluationReport", "SeededRows", "Task", "run", "training_dataloader"]
