@@ -9,7 +9,7 @@ matches the global loss only when every rank has as many such anchors.
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn
+import torch.distributed._functional_collectives as functional_collectives
 from torch import nn
 
 
@@ -20,11 +20,15 @@ def _world() -> tuple[int, int]:
 
 
 def gather_with_grad(features: torch.Tensor) -> torch.Tensor:
-    """Concatenate `features` from all ranks along dim 0; gradients flow back to the rank that produced each row."""
+    """Concatenate `features` from all ranks along dim 0; gradients flow back to the rank that produced each row.
+
+    torch's autograd-aware gather (`all_gather_single`; the `torch.distributed.nn.functional.all_gather` it replaces
+    is deprecated): one collective into one tensor, whose backward reduce-scatters the gradient.
+    """
     _, world_size = _world()
     if world_size == 1:
         return features
-    return torch.cat(torch.distributed.nn.functional.all_gather(features), dim=0)
+    return functional_collectives.all_gather_single(features, 0, dist.group.WORLD)
 
 
 def _local_labels(local_batch: int, device: torch.device) -> torch.Tensor:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as functional_collectives
 from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,20 +46,20 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class CountAllGathers:
-    """Counts `torch.distributed.all_gather` calls (what `gather_with_grad` issues) while active."""
+    """Counts `all_gather_single` calls (the collective `gather_with_grad` issues) while active."""
 
     def __enter__(self):
-        self.count, self.original = 0, dist.all_gather
+        self.count, self.original = 0, functional_collectives.all_gather_single
 
         def counting(*args, **kwargs):
             self.count += 1
             return self.original(*args, **kwargs)
 
-        dist.all_gather = counting
+        functional_collectives.all_gather_single = counting
         return self
 
     def __exit__(self, *exc):
-        dist.all_gather = self.original
+        functional_collectives.all_gather_single = self.original
 
 
 def per_dimension_reference(model, visual, text, sentence_ids):
@@ -144,7 +145,7 @@ def main(output: str) -> None:
         visual = unwrapped.get_visual_features(keypoints=batch["keypoints"], frame_features=batch["frame_features"])
         return visual, unwrapped.get_text_features(batch["input_ids"], batch["attention_mask"])
 
-    loss = feature_cached_backward(micro_batches, encode, lambda v, t: unwrapped.contrastive_loss(v, t)[0])
+    loss = feature_cached_backward(micro_batches, encode, lambda v, t: unwrapped.contrastive_loss(v, t)[0], model=unwrapped)
     average_gradients_across_ranks(unwrapped.parameters())
     cached = {"loss": accelerator.reduce(loss, "mean"), "grads": gradients(unwrapped)}
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.distributed as dist
+from accelerate import DistributedType
 from torch import nn
 
 
@@ -178,7 +179,19 @@ def feature_cached_step(
 
     `encode` must run the unwrapped `model`: the re-encoding passes bypass DDP's gradient hooks (they would
     synchronise once per micro-batch), so the gradients are averaged over ranks here, once. Returns the loss.
+
+    Runs on one process and under DDP (`MULTI_GPU`, `MULTI_CPU`, ...); FSDP and DeepSpeed are refused: there each
+    process holds a shard of the parameters, which the unwrapped model cannot run on.
     """
+    sharding = getattr(accelerator, "distributed_type", None)
+    if sharding in (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise ValueError(
+            f"Feature-cached accumulation over {len(micro_batches)} micro-batches (--gradient_accumulation_steps "
+            f"{len(micro_batches)}) re-runs the unwrapped model, but under {sharding.value} each process holds only "
+            "a shard of its parameters. Use --gradient_accumulation_steps 1 with a larger "
+            "--per_device_train_batch_size (sharding frees the memory for it), or data parallelism: accelerate "
+            "launch --config_file train/accelerate_configs/ddp_multi_gpu.yaml."
+        )
     loss = feature_cached_backward(
         micro_batches, encode, compute_loss, backward=accelerator.backward, autocast=accelerator.autocast, model=model
     )

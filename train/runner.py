@@ -134,22 +134,11 @@ class SeededRows(Dataset):
         return self.rows[index], np.random.default_rng((self.seed, self.epoch, index))
 
 
-class _CollateRows:
-    """The data loader's `collate_fn`: a task's `collate` on `SeededRows` items (a class, not a closure, so that
-    worker processes started with spawn can receive it)."""
-
-    def __init__(self, task: Task):
-        self.task = task
-
-    def __call__(self, items: list[tuple[dict, np.random.Generator]]) -> dict:
-        return self.task.collate([row for row, _ in items], [rng for _, rng in items])
-
-
 def training_dataloader(task: Task, rows: SeededRows, args: TrainingArguments) -> DataLoader:
     """Shuffled, equal-sized micro-batches of `task.collate`. With `--dataloader_num_workers` the collation (image
-    decoding and processing, tokenising) runs in worker processes that stay up across epochs and prepare the next
-    batches while the model trains on this one."""
-    workers = args.dataloader_num_workers
+    decoding and processing, tokenising) runs in worker processes that prepare the next batches while the model
+    trains on this one. The workers start anew each epoch (not `persistent_workers`): they must see the epoch that
+    `SeededRows` seeds its generators with."""
     return DataLoader(
         rows,
         batch_size=args.per_device_train_batch_size,
@@ -158,9 +147,8 @@ def training_dataloader(task: Task, rows: SeededRows, args: TrainingArguments) -
         # Its own generator: starting an epoch's iterator then draws no number from the global RNG, which would
         # otherwise shift dropout after a resume (the resumed run starts that iterator at another moment).
         generator=torch.Generator().manual_seed(args.seed),
-        collate_fn=_CollateRows(task),
-        num_workers=workers,
-        persistent_workers=workers > 0,
+        collate_fn=lambda items: task.collate([row for row, _ in items], [rng for _, rng in items]),
+        num_workers=args.dataloader_num_workers,
         pin_memory=torch.cuda.is_available(),
     )
 
