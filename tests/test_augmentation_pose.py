@@ -124,6 +124,35 @@ def test_rotation_keeps_shape_and_scale_changes_aspect():
     assert np.all((ratios >= 0.5 - 1e-5) & (ratios <= 2.0 + 1e-5)) and abs(ratios[0] - ratios[1]) > 1e-3
 
 
+def test_mirroring_reflects_x_about_the_centre_for_the_chosen_share_of_views():
+    keypoints = _random_clip()
+    centre_x = keypoints[..., 0].mean()
+    augment = PoseAugmentation(**{**NEUTRAL, "mirror_probability": 0.5})
+    mirrored = 0
+    for seed in range(40):
+        view, _ = augment(keypoints, rng=np.random.default_rng(seed))
+        np.testing.assert_allclose(view[..., 1], keypoints[..., 1], rtol=1e-5)
+        if np.allclose(view[..., 0], keypoints[..., 0], rtol=1e-5):
+            continue
+        np.testing.assert_allclose(view[..., 0], 2 * centre_x - keypoints[..., 0], rtol=1e-5)
+        mirrored += 1
+    assert 10 <= mirrored <= 30
+
+
+def test_time_warp_varies_the_tempo_within_the_clip_and_keeps_its_ends():
+    frames = 50
+    keypoints = np.broadcast_to(np.arange(frames, dtype=np.float32)[:, None, None], (frames, 3, 2)).copy()
+    augment = PoseAugmentation(**{**NEUTRAL, "time_warp": 0.5})
+    warped = 0
+    for seed in range(10):
+        view, _ = augment(keypoints, rng=np.random.default_rng(seed))
+        source = view[:, 0, 0]
+        assert len(source) == frames and source[0] == 0 and source[-1] == frames - 1
+        assert (np.diff(source) >= 0).all()  # monotone: the signs keep their order
+        warped += not np.array_equal(source, np.arange(frames))
+    assert warped >= 8
+
+
 def test_views_pass_prepare_sequences(signed_clip):
     keypoints, features = signed_clip
     augment = PoseAugmentation(**STRONG)
@@ -155,6 +184,8 @@ def test_views_pass_prepare_sequences(signed_clip):
         ({"scale_range": (0.0, 1.0)}, "scale_range"),
         ({"rotation_degrees": 200.0}, "rotation_degrees"),
         ({"translation": float("nan")}, "translation"),
+        ({"time_warp": 1.0}, "time_warp"),
+        ({"mirror_probability": 1.0}, "mirror_probability"),
     ],
 )
 def test_invalid_settings_raise(settings, message):

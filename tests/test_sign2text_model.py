@@ -13,6 +13,7 @@ from data.synthetic_signs import make_signs_dataset
 from fresh_process import run_outside_project
 from hub import save_for_hub
 from modeling import Sign2TextModel
+from modeling.modeling_sign2text import ctc_loss, make_gloss_labels
 from processing import Sign2TextProcessor
 from train.backbones import tiny_text_config
 from train.lora import apply_lora, load_lora, merge_lora
@@ -117,6 +118,8 @@ def test_config_defaults_and_round_trip(tmp_path):
         (dict(eos_token_id=40000), r"eos_token_id \(40000\) must lie in"),
         (dict(max_target_length=0), "max_target_length must be positive"),
         (dict(decoder_dropout=1.0), "decoder_dropout"),
+        (dict(ctc_weight=1.0), "needs a gloss_vocabulary"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -184,6 +187,48 @@ def test_zero_weight_removes_its_term(batch, weight, term, untouched):
     out.loss.backward()
     if untouched is not None:
         assert all(p.grad is None for p in getattr(model, untouched).parameters())
+
+
+def test_ctc_loss_of_a_hand_built_case():
+    """Two frames, one target gloss a: the valid alignments are (a, a), (blank, a) and (a, blank), so the loss is
+    -log of the sum of their probabilities. A masked frame between the two is taken out, not counted as blank."""
+    logits = torch.tensor([[[0.3, 1.2, -0.5], [1.0, 0.1, 0.4]]], dtype=torch.float64)
+    p = logits.softmax(dim=-1)[0]
+    blank, a = 0, 1
+    by_hand = -torch.log(p[0, a] * p[1, a] + p[0, blank] * p[1, a] + p[0, a] * p[1, blank])
+    labels = torch.tensor([[a, -100]])
+    torch.testing.assert_close(ctc_loss(logits, None, labels), by_hand.float())
+    gap = torch.cat([logits[:, :1], torch.full((1, 1, 3), 9.0, dtype=torch.float64), logits[:, 1:]], dim=1)
+    torch.testing.assert_close(ctc_loss(gap, torch.tensor([[1, 0, 1]]), labels), by_hand.float())
+    # a target that cannot fit (two glosses, one frame) gives 0, not inf
+    assert ctc_loss(logits[:, :1], None, torch.tensor([[1, 2]])).item() == 0.0
+
+
+def test_model_ctc_loss_reads_the_gloss_head_and_joins_the_sum(batch, clips):
+    glosses = sorted({word for sentence in clips["sentences"] for word in sentence.split()})
+    model = Sign2TextModel(tiny_config(ctc_weight=0.5, gloss_vocabulary=glosses))
+    gloss_labels = make_gloss_labels(clips["sentences"], glosses)
+    assert gloss_labels[0, : len(clips["sentences"][0].split())].tolist() == [
+        glosses.index(word) + 1 for word in clips["sentences"][0].split()
+    ]
+    out = model(**batch, gloss_labels=gloss_labels)
+    expected = ctc_loss(model.ctc_head(out.encoder_last_hidden_state), batch["frame_mask"], gloss_labels)
+    torch.testing.assert_close(out.ctc_loss, expected)
+    assert out.loss.item() == pytest.approx(
+        (2.0 * out.generation_loss + out.clip_loss + out.supcon_loss + 0.5 * out.ctc_loss).item(), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="need the CTC head"):
+        Sign2TextModel(tiny_config())(**visual_inputs(batch), gloss_labels=gloss_labels)
+
+
+def test_label_smoothing_is_the_smoothed_cross_entropy(batch):
+    torch.manual_seed(0)
+    model = Sign2TextModel(tiny_config(label_smoothing=0.1))
+    out = model(**visual_inputs(batch), labels=batch["labels"])
+    expected = torch.nn.functional.cross_entropy(
+        out.logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100, label_smoothing=0.1
+    )
+    torch.testing.assert_close(out.generation_loss, expected)
 
 
 def test_losses_without_their_inputs_are_skipped(batch):

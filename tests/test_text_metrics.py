@@ -110,6 +110,21 @@ def test_bleu_matches_sacrebleu_corpus_bleu_and_reports_signature(bleu):
     assert lowercased["bleu"] > results["bleu"]  # the uncased predictions now match capitalised reference words
 
 
+def test_bleu_of_sentences_shorter_than_four_words_uses_the_effective_order(bleu):
+    """Without a single 4-gram, plain BLEU-4 is 0 even for a perfect corpus; the module scores it over the orders
+    the corpus has and says so in the signature. A corpus with every order keeps plain BLEU-4."""
+    short = ["thank you", "see you soon", "hello"]
+    perfect = bleu.compute(predictions=short, references=short)
+    assert perfect["bleu"] == pytest.approx(100.0) and perfect["effective_order"]
+    assert "eff:yes" in perfect["signature"]
+    assert bleu.compute(predictions=short, references=short, effective_order=False)["bleu"] == 0.0
+    partial = bleu.compute(predictions=["thank you", "see me soon", "hello"], references=short)
+    direct = sacrebleu.corpus_bleu(["thank you", "see me soon", "hello"], [short], use_effective_order=True)
+    assert partial["bleu"] == pytest.approx(direct.score) and 0 < partial["bleu"] < 100
+    plain = bleu.compute(predictions=PREDICTIONS, references=REFERENCES)
+    assert not plain["effective_order"] and "eff:no" in plain["signature"]
+
+
 def test_bleu_several_references_per_prediction(bleu):
     second = [reference.lower() for reference in REFERENCES]
     results = bleu.compute(predictions=PREDICTIONS, references=[list(pair) for pair in zip(REFERENCES, second)])

@@ -17,16 +17,18 @@ from transformers import AutoConfig
 
 from conftest import tiny_vlp_config
 from configuration import SequenceEncoderConfig
-from data.synthetic_signs import make_signs_splits
+from data.synthetic_signs import EVAL_SPLITS
 from hub import verify_checkpoint
 from modeling import Sign2TextModel, VLPModel
 from processing import Sign2TextProcessor
 from train.backbones import offline_model_dir
+from train.sign2text import DataArguments
+from train.sign_data import load_sign_splits
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_RUN = [
     "--sequence_hidden_size", "32", "--sequence_layers", "1", "--decoder_layers", "2", "--sequence_attention_heads", "2",
-    "--projection_dim", "16", "--max_frames", "48", "--num_train", "48", "--num_eval", "12",
+    "--projection_dim", "16", "--max_frames", "48", "--num_train", "48", "--num_eval", "4",
     "--per_device_train_batch_size", "8", "--eval_batch_size", "12", "--report_to", "none", "--logging_steps", "2",
     "--cpu_threads", "1",
 ]  # fmt: skip
@@ -69,10 +71,17 @@ def test_run_reports_generation_baseline_and_retrieval(run):
     assert (output_dir / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     results = json.loads((output_dir / "eval_results.json").read_text())
     metrics = results["metrics"]
-    for name in ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim"):
+    for split in EVAL_SPLITS:  # 4 clips each: seen sentences, unseen sentences, unseen signers
+        for name in ("WER", "BLEU-4", "ROUGE-L", "text_only_WER", "text_only_BLEU-4"):
+            assert f"{split}_{name}" in metrics
+        assert metrics[f"{split}_num_sentences"] == 4
+    for name in ("v2t_R@1", "t2v_R@1", "pos_sim", "neg_sim"):
         assert name in metrics
-    assert len(results["examples"]) == 12
-    assert {"generation_loss", "clip_loss", "supcon_loss"} <= results["train_history"][-1].keys()
+    assert [split for _, _, split in results["examples"]] == [split for split in EVAL_SPLITS for _ in range(4)]
+    assert {"generation_loss", "clip_loss", "supcon_loss", "ctc_loss"} <= results["train_history"][-1].keys()
+    # clips longer than --max_frames 48 are reported once, with a count, never one warning per clip
+    assert completed.stderr.count("were longer than --max_frames 48") == 1
+    assert "frames > max_frames" not in completed.stderr
     checks = [entry for entry in results["train_history"] if "check/margin" in entry]
     assert [entry["step"] for entry in checks] == [2]  # the final evaluation replaces the check at the last step
     assert 0 < checks[0]["check/distinct_output_share"] <= 1
@@ -80,8 +89,8 @@ def test_run_reports_generation_baseline_and_retrieval(run):
     assert "sacreBLEU signature: `nrefs:1|case:lc" in completed.stdout
     card = ModelCard.load(output_dir / "final" / "README.md")
     reported = {result.metric_name: result.metric_value for result in card.data.eval_results}
-    assert reported["WER"] == pytest.approx(metrics["WER"])
-    assert "Text-only baseline" in card.text
+    assert reported["WER"] == pytest.approx(metrics["unseen_sentences_WER"])  # the headline: unseen sentences
+    assert "Text-only baseline" in card.text and "unseen signers" in card.text
 
 
 def test_resume_restores_augmentation_and_the_memory_queue(run, tmp_path):
@@ -111,11 +120,11 @@ def test_two_processes_keep_the_schedule_and_pair_every_generation_with_its_refe
 
     model = Sign2TextModel.from_pretrained(tmp_path / "two" / "final").eval()
     processor = Sign2TextProcessor.from_pretrained(tmp_path / "two" / "final")
-    clips = make_signs_splits(48, 12, seed=1234, num_keypoints=21, keypoint_dim=2, feature_dim=32)["validation"]
+    _, clips = load_sign_splits(DataArguments(num_train=48, num_eval=4))  # the run's data seed and occlusions
     inputs = processor(keypoints=clips["keypoints"], frame_features=clips["features"])
     with torch.no_grad():
         predictions = processor.batch_decode(model.generate(**inputs, num_beams=1, do_sample=False))
-    assert histories[1]["examples"] == [list(pair) for pair in zip(clips["sentence"], predictions)]
+    assert histories[1]["examples"] == [list(row) for row in zip(clips["sentence"], predictions, clips["split"])]
 
 
 def test_phase_one_vlp_checkpoint_initialises_the_encoder(tmp_path):
