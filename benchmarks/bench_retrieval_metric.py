@@ -2,8 +2,9 @@
 
 Three ways to score the same random embeddings (5 texts per image, float32 inputs, as an encoder gives them):
 
-- **bare**: what a user would write inline: float64 unit rows, one chunked text x image matmul, rank = 1 + the
-  candidates scoring higher, R@K from the ranks. No tie rule, no input checks, no similarity diagnostics.
+- **bare**: what a user would write inline: float64 unit rows, one chunked text x image matmul (the metric's default
+  chunk), rank = 1 + the candidates scoring higher (counted in int32, as the metric does), R@K from the ranks. No tie
+  rule, no input checks, no similarity diagnostics.
 - **array path**: `retrieval.compute_arrays(...)` (the module's own function on arrays, no Arrow).
 - **evaluate.compute**: `retrieval.compute(text_embeddings=..., ...)`, which stores the texts in Arrow as lists of
   floats and reads them back.
@@ -69,9 +70,9 @@ def bare_chunked_ranks(texts: np.ndarray, image_index: np.ndarray, images: np.nd
     for start in range(0, len(texts), chunk_size):
         scores = texts[start : start + chunk_size] @ images.T
         true_scores = scores.gather(1, index[start : start + chunk_size, None])
-        t2i_ranks[start : start + chunk_size] = 1 + (scores > true_scores).sum(dim=1)
+        t2i_ranks[start : start + chunk_size] = 1 + (scores > true_scores).sum(dim=1, dtype=torch.int32)
         # 1e-12: an image's own best text can come out of the matmul an ulp above its row-wise dot product
-        i2t_ranks += (scores > best_true + 1e-12).sum(dim=0)
+        i2t_ranks += (scores > best_true + 1e-12).sum(dim=0, dtype=torch.int32)
     return {
         f"{prefix}_R@{k}": 100.0 * (ranks <= k).double().mean().item()
         for prefix, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks))
@@ -79,9 +80,9 @@ def bare_chunked_ranks(texts: np.ndarray, image_index: np.ndarray, images: np.nd
     }
 
 
-def run_path(path: str, metric, texts, image_index, images, chunk_size: int) -> dict:
+def run_path(path: str, metric, texts, image_index, images, chunk_size: int | None) -> dict:
     if path == "bare":
-        return bare_chunked_ranks(texts, image_index, images, chunk_size)
+        return bare_chunked_ranks(texts, image_index, images, chunk_size or max(1, 2**24 // len(images)))
     if path == "array path":
         return metric.compute_arrays(texts, image_index, images, ks=KS, chunk_size=chunk_size)
     return metric.compute(
@@ -126,7 +127,7 @@ def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--num-texts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=None, help="texts per chunk (default: the metric's own)")
     parser.add_argument("--estimate", type=int, default=1_000_000, help="texts to extrapolate the last size to")
     args = parser.parse_args()
     apply_common_arguments(args)
@@ -138,7 +139,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"Machine: {machine_description()}")
     print(
-        f"{TEXTS_PER_IMAGE} texts per image, dim {args.dim}, chunk_size {args.chunk_size}, float32 inputs, "
+        f"{TEXTS_PER_IMAGE} texts per image, dim {args.dim}, chunk_size {args.chunk_size or '2**24 // images'}, "
+        "float32 inputs, "
         f"float64 scores; time: median of {args.repeats} (one run above 20,000 texts), {threads} torch threads; memory: the call's own peak RSS"
     )
     rows, measured = [], []

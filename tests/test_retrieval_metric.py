@@ -214,6 +214,7 @@ def test_chunk_size_does_not_change_results(retrieval):
     inputs = dict(text_embeddings=texts, image_index=image_index, image_embeddings=images, ks=[1, 5, 10])
     one_by_one = retrieval.compute(**inputs, chunk_size=1)
     all_at_once = retrieval.compute(**inputs, chunk_size=100_000)
+    assert retrieval.compute(**inputs) == all_at_once  # the default: every text in one block at this size
     ranks_only = [key for key in one_by_one if key not in ("pos_sim", "neg_sim")]
     assert {key: one_by_one[key] for key in ranks_only} == {key: all_at_once[key] for key in ranks_only}
     assert one_by_one == pytest.approx(all_at_once, rel=1e-12)

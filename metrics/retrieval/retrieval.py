@@ -42,9 +42,9 @@ about 1.2e-7: two scores equal in exact arithmetic can differ by 2.4e-7. 1e-6 co
 below any difference a float32 encoder reproduces. Raise it for half-precision embeddings (e.g. 2e-2 for
 bfloat16); 0 ties only bit-equal scores. Zero, NaN or infinite embeddings are refused.
 
-Scores are computed `chunk_size` texts at a time, each chunk against every image, once for both directions: memory
-grows as chunk_size x num_images rather than num_texts x num_images, and the float32 embeddings are never copied
-whole to float64.
+Scores are computed `chunk_size` texts at a time, each chunk against every image, once for both directions: the score
+block is chunk_size x num_images (by default about 2**24 scores, 128 MiB) rather than num_texts x num_images, and the
+float32 embeddings are never copied whole to float64.
 
 Array path: `compute(text_embeddings=...)` stores every embedding in Arrow as a list of floats and reads it back (that
 is what lets `add_batch` stream and gather across processes), which at 10k texts costs as much again as the metric.
@@ -59,7 +59,8 @@ Args:
     image_embeddings (`np.ndarray`, `torch.Tensor` or nested `list`): shape (num_images, dim). Every image must own
         at least one text.
     ks (`Sequence[int]`, defaults to `(1, 5, 10)`): cut-offs for Recall@K.
-    chunk_size (`int`, defaults to 1024): number of queries scored at once.
+    chunk_size (`int`, *optional*): texts scored at once against every image. By default as many as keep the float64
+        score block near 128 MiB (`2**24 // num_images` texts), so memory stays flat however many images there are.
     tie_tolerance (`float`, defaults to 1e-6): cosine scores closer than this to a query's best true score count as
         tied with it.
 
@@ -92,6 +93,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
 
 
 DEFAULT_TIE_TOLERANCE = 1e-6
+SCORE_BLOCK_ELEMENTS = 2**24  # float64 scores per chunk by default: 128 MiB, plus two boolean masks of 16 MiB
 
 
 def _as_matrix(values: ArrayLike, name: str) -> torch.Tensor:
@@ -136,10 +138,21 @@ def _inverse_norms(matrix: torch.Tensor, name: str, chunk_size: int) -> torch.Te
     return norms.reciprocal()
 
 
-def _count_ties(scores: torch.Tensor, best_true: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: candidates scoring above `best_true + tolerance`, and candidates within `tolerance` of it."""
-    above = (scores > best_true[:, None] + tolerance).sum(dim=1)
-    return above, (scores >= best_true[:, None] - tolerance).sum(dim=1) - above
+def _count_above_and_band(
+    scores: torch.Tensor, best_true: torch.Tensor, tolerance: float, dim: int
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Along `dim` (1: per row, 0: per column): the candidates scoring above `best_true + tolerance`, the candidates
+    scoring at least `best_true - tolerance` (`None` when not needed, see below), and how many scores of the whole
+    chunk lie in the tolerance bands. Comparing is cheap and counting per row is not, so the per-row count of the
+    lower threshold is only taken when the bands hold more scores than the caller's true candidates: ties between a
+    wrong candidate and the best true score are rare outside degenerate embeddings."""
+    best = best_true[:, None] if dim == 1 else best_true[None, :]
+    above_mask = scores > best + tolerance
+    above = above_mask.sum(dim=dim, dtype=torch.int32)  # int32 sums cost half the default int64 ones
+    del above_mask
+    at_least_mask = scores >= best - tolerance
+    in_bands = int(torch.count_nonzero(at_least_mask)) - int(above.sum())
+    return above, at_least_mask, in_bands
 
 
 def _hit_probability(above: torch.Tensor, tied_wrong: torch.Tensor, tied_true: torch.Tensor, k: int) -> torch.Tensor:
@@ -174,14 +187,16 @@ def retrieval_metrics(
     image_index: Union[Sequence[int], np.ndarray, torch.Tensor],
     image_embeddings: ArrayLike,
     ks: Sequence[int] = (1, 5, 10),
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
 ) -> Dict[str, Any]:
     """Chunked image<->text retrieval metrics; see `_DESCRIPTION` for the protocol and the tie rule."""
     if len(ks) == 0 or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
         raise ValueError(f"`ks` must be a non-empty list of positive integers, got {list(ks)}.")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive integer (or None for the default), got {chunk_size!r}.")
     is_number = isinstance(tie_tolerance, (int, float, np.number)) and not isinstance(tie_tolerance, bool)
     if not is_number or not 0 <= tie_tolerance < 1:
         raise ValueError(f"`tie_tolerance` must be a number in [0, 1) (a cosine difference), got {tie_tolerance!r}.")
@@ -194,6 +209,7 @@ def retrieval_metrics(
             f"{image_matrix.shape[1]}. Both modalities must be projected into the same space."
         )
     num_texts, num_images = texts.shape[0], image_matrix.shape[0]
+    chunk_size = chunk_size or max(1, SCORE_BLOCK_ELEMENTS // num_images)
     text_scale = _inverse_norms(texts, "text_embeddings", chunk_size)
     images = image_matrix.double() * _inverse_norms(image_matrix, "image_embeddings", chunk_size)[:, None]
 
@@ -236,28 +252,34 @@ def retrieval_metrics(
     t2i_tied = torch.empty(num_texts, dtype=torch.long)
     positive_scores = torch.empty(num_texts, dtype=torch.float64)
     i2t_above = torch.zeros(num_images, dtype=torch.long)
-    i2t_within = torch.zeros(num_images, dtype=torch.long)
+    i2t_tied = torch.zeros(num_images, dtype=torch.long)
     text_sum = torch.zeros(texts.shape[1], dtype=torch.float64)
     for start in range(0, num_texts, chunk_size):
         stop = min(start + chunk_size, num_texts)
         chunk = unit_texts(start, stop)
         text_sum += chunk.sum(dim=0)
         scores = chunk @ images.T
-        # text->image: one true image, so the tie around it holds the true image itself and t = within - 1.
         own_index = image_index[start:stop]
         own_scores = scores.gather(1, own_index[:, None])[:, 0]
-        above, within = _count_ties(scores, own_scores, tie_tolerance)
-        t2i_above[start:stop], t2i_tied[start:stop] = above, within - 1
         positive_scores[start:stop] = own_scores
-        # image->text: count every text against each image's best true score, then take the image's own texts
+
+        # text->image: one true image, in its own band, so a band holding nothing else means no wrong ties.
+        above, at_least_mask, in_bands = _count_above_and_band(scores, own_scores, tie_tolerance, dim=1)
+        t2i_above[start:stop] = above
+        t2i_tied[start:stop] = 0 if in_bands == stop - start else at_least_mask.sum(dim=1) - above - 1
+        del at_least_mask
+
+        # image->text: every text counted against each image's best true score, then the image's own texts taken
         # back out with the very values that were counted, so the counts hold wrong texts only, bit for bit.
-        i2t_above += (scores > best_true + tie_tolerance).sum(dim=0)
-        i2t_within += (scores >= best_true - tie_tolerance).sum(dim=0)
-        i2t_above -= torch.bincount(own_index[own_scores > best_true[own_index] + tie_tolerance], minlength=num_images)
-        i2t_within -= torch.bincount(
-            own_index[own_scores >= best_true[own_index] - tie_tolerance], minlength=num_images
-        )
-    i2t_tied = i2t_within - i2t_above
+        best = best_true[own_index]
+        own_above = own_scores > best + tie_tolerance
+        own_at_least = own_scores >= best - tie_tolerance
+        above, at_least_mask, in_bands = _count_above_and_band(scores, best_true, tie_tolerance, dim=0)
+        i2t_above += above - torch.bincount(own_index[own_above], minlength=num_images)
+        if in_bands != int((own_at_least & ~own_above).sum()):  # a wrong text tied with some image's best
+            at_least = at_least_mask.sum(dim=0) - torch.bincount(own_index[own_at_least], minlength=num_images)
+            i2t_tied += at_least - (above - torch.bincount(own_index[own_above], minlength=num_images))
+        del at_least_mask, scores
 
     # The sum over all pairs factorises, so the negative mean needs no N x N buffer.
     all_pairs_sum = (images.sum(0) @ text_sum).item()
@@ -297,7 +319,7 @@ class Retrieval(evaluate.Metric):
         image_index,
         image_embeddings=None,
         ks: Sequence[int] = (1, 5, 10),
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
         tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
     ) -> Dict[str, Any]:
         if image_embeddings is None:
@@ -314,7 +336,7 @@ class Retrieval(evaluate.Metric):
         image_index: Union[Sequence[int], np.ndarray, torch.Tensor],
         image_embeddings: ArrayLike,
         ks: Sequence[int] = (1, 5, 10),
-        chunk_size: int = 1024,
+        chunk_size: int | None = None,
         tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
     ) -> Dict[str, Any]:
         """`compute` on arrays already in this process (numpy or torch), without the Arrow round trip: the path for
