@@ -2,8 +2,8 @@
 
 Times VLP training steps (default `train/vlp.py` model on the embedded shapes data) fed by the runner's own data loader
 (`train.runner.training_dataloader`: decode the images, process them, tokenise the captions, per micro-batch)
-against the same steps on one batch built beforehand. The ratio is what loading adds to a step; 1.0 means the
-loader keeps up. With `--dataloader_num_workers 0` the collation runs between steps in the training process; with
+against the same steps on one batch built beforehand. The ratio is what loading adds to a step (CPU time in the
+training process plus time spent idle waiting for a batch); 1.0 means the loader keeps up. With `--dataloader_num_workers 0` the collation runs between steps in the training process; with
 workers it runs in other processes while the model trains.
 
     python benchmarks/bench_input_pipeline.py --threads 1        # full sizes
@@ -37,13 +37,16 @@ def build(args, workers: int):
     return task, SeededRows(train_set, task.training_args.seed), model
 
 
-def wall_seconds(function) -> float:
-    start = time.perf_counter()
+def cpu_seconds(function) -> float:
+    start = time.process_time()
     function()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def measure(args, workers: int) -> list:
+    """Per step: the training process's CPU time on a pre-built batch, its CPU time fed by the loader, and how long
+    it sat idle waiting for the workers' next batch. CPU time, not wall time: on a machine shared with other jobs,
+    wall time measures their load as much as ours."""
     task, rows, model = build(args, workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
@@ -56,28 +59,38 @@ def measure(args, workers: int) -> list:
     batches = iter(loader)
     prebuilt = next(batches)  # also starts the workers, outside the timing
     collate_ms = 1e3 * statistics.median(
-        wall_seconds(lambda: task.collate(*zip(*[rows[i] for i in range(args.batch_size)]))) for _ in range(3)
+        cpu_seconds(lambda: task.collate(*zip(*[rows[i] for i in range(args.batch_size)]))) for _ in range(3)
     )
+    waited = 0.0
+
+    def next_batch() -> dict:
+        nonlocal batches, waited
+        wall, cpu = time.perf_counter(), time.process_time()
+        batch = next(batches, None)
+        if batch is None:  # a new epoch: new workers, as in the runner
+            batches = iter(loader)
+            batch = next(batches)
+        if workers:  # idle while the workers finish the batch; with none, next() is all our own CPU time
+            waited += max(0.0, (time.perf_counter() - wall) - (time.process_time() - cpu))
+        return batch
 
     def loaded_steps() -> None:
-        nonlocal batches
         for _ in range(args.steps):
-            batch = next(batches, None)
-            if batch is None:  # a new epoch; persistent workers keep running
-                batches = iter(loader)
-                batch = next(batches)
-            step(batch)
+            step(next_batch())
 
     def prebuilt_steps() -> None:
         for _ in range(args.steps):
             step(prebuilt)
 
     step(prebuilt)
-    pairs = [(wall_seconds(prebuilt_steps), wall_seconds(loaded_steps)) for _ in range(args.repeats)]
-    base = statistics.median(p for p, _ in pairs) / args.steps
-    ours = statistics.median(loaded for _, loaded in pairs) / args.steps
-    ratio = statistics.median(loaded / p for p, loaded in pairs)
-    return [workers, args.batch_size, round(collate_ms, 1), round(base * 1e3), round(ours * 1e3), ratio]
+    triples = []
+    for _ in range(args.repeats):
+        waited = 0.0
+        base, loaded = cpu_seconds(prebuilt_steps), cpu_seconds(loaded_steps)
+        triples.append((base, loaded, waited))
+    base, loaded, idle = (statistics.median(values) / args.steps for values in zip(*triples))
+    ratio = statistics.median((loaded + idle) / base for base, loaded, idle in triples)
+    return [workers, args.batch_size, round(collate_ms), round(base * 1e3), round(loaded * 1e3), round(idle * 1e3), ratio]
 
 
 def main() -> None:
@@ -92,9 +105,10 @@ def main() -> None:
         args.workers, args.batch_size, args.steps, args.num_train = [0, 1], 4, 2, 16
     print(machine_description())
     print_table(
-        f"VLP training step fed by the data loader vs on a pre-built batch (wall ms per step, median of "
-        f"{args.repeats} alternating blocks of {args.steps} steps; collate: one micro-batch in-process)",
-        ["workers", "batch", "collate", "pre-built batch", "data loader", "ratio"],
+        f"VLP training step fed by the data loader vs on a pre-built batch (training process's CPU ms per step, and "
+        f"idle ms waiting for a batch; median of {args.repeats} alternating blocks of {args.steps} steps; collate: "
+        f"CPU ms for one micro-batch in-process; ratio: (loader CPU + idle) / pre-built CPU)",
+        ["workers", "batch", "collate", "pre-built batch", "data loader", "idle", "ratio"],
         [measure(args, workers) for workers in args.workers],
     )
 

@@ -16,7 +16,7 @@ BENCHMARKS = {
         "| vocabulary | total batch | k | dense per micro-batch | once per step | ratio |",
         "| batch | VisionTextDualEncoder | VLP | ratio |",
     ],
-    "bench_input_pipeline.py": ["| workers | batch | collate | pre-built batch | data loader | ratio |"],
+    "bench_input_pipeline.py": ["| workers | batch | collate | pre-built batch | data loader | idle | ratio |"],
 }
 
 
