@@ -26,7 +26,8 @@ class TrainingArguments:
         default=1,
         metadata={
             "help": "Micro-batches per optimiser step. Contrastive models cache features across them, so the "
-            "loss sees all k×m samples as negatives (not plain accumulation)."
+            "loss sees all k×m samples as negatives (not plain accumulation). Data parallel (DDP) only: FSDP and "
+            "DeepSpeed refuse k > 1 (see train/accelerate_configs/)."
         },
     )
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate."})
