@@ -6,7 +6,9 @@ Decoders, at their config defaults (towers that only feed the decoder are left o
 - **Sign2Text**: its own transformer decoder over the frame states (`Sign2TextConfig`: width 512, 4 layers).
   Built-in: `BartForConditionalGeneration` with the same width, heads, layers, feed-forward and vocabulary.
 - **RAG captioner**: a GPT-2 with cross-attention over the fused image + retrieval states (`RagCaptionerConfig`'s
-  decoder: width 256, 3 layers). Built-in: BART of the same width, heads, layers, feed-forward and vocabulary.
+  decoder: width 256, 3 layers), in both fusions: `"concat"` (retrieval in the cross-attended states, the decoder
+  starts from one token) and `"prompt"` (the retrieved captions are a `num_retrieved x max_caption_tokens` = 160-token
+  text prefix). Built-in: BART of the same width, heads, layers, feed-forward and vocabulary, from the same prefix.
 - **Multimodal-CoT**: the T5 decoder under the gated fusion (`MMCoTConfig`'s T5). Built-in: the stock
   `T5ForConditionalGeneration` of that config.
 
@@ -21,7 +23,9 @@ Usage:
     python benchmarks/bench_generation.py [--new-tokens 64] [--beams 4] [--encoder-length 64] [--threads 1]
 """
 
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from transformers import BartConfig, BartForConditionalGeneration, GenerationMix
 from transformers.modeling_outputs import BaseModelOutput
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_common_arguments, benchmark_parser, machine_description, median_seconds, print_table  # noqa: E402
+from common import apply_common_arguments, benchmark_parser, machine_description, print_table  # noqa: E402
 
 
 @dataclass
@@ -102,24 +106,39 @@ def build_decoders(quick: bool, encoder_length: int) -> list[Decoder]:
         "BART", encoder_decoder_call(bart, encoder_length, width, "attention_mask"),
     ))
 
-    torch.manual_seed(0)
-    rag = RagCaptionerModel(RagCaptionerConfig(**rag_overrides)).eval()
-    gpt2 = rag.config.decoder_config
-    rag_states = torch.randn(1, encoder_length, gpt2.n_embd)
+    for fusion in ("concat", "prompt"):
+        torch.manual_seed(0)
+        rag = RagCaptionerModel(RagCaptionerConfig(fusion=fusion, **rag_overrides)).eval()
+        gpt2 = rag.config.decoder_config
+        # "prompt": the retrieved captions are a text prefix of num_retrieved x max_caption_tokens tokens
+        prompt_length = 0 if fusion == "concat" else (8 if quick else rag.config.num_retrieved * rag.config.max_caption_tokens)
+        prompt = torch.randint(gpt2.bos_token_id + 1, gpt2.vocab_size, (1, prompt_length))
+        start = torch.cat([prompt, torch.full((1, 1), gpt2.bos_token_id)], dim=1)
+        states = torch.randn(1, encoder_length, gpt2.n_embd)
 
-    def rag_generate(**kwargs):
-        # RagCaptionerModel.generate runs the image tower and the retrieval, then exactly this call
-        start = torch.full((1, 1), gpt2.bos_token_id)
-        return GenerationMixin.generate(
-            rag, input_ids=start, attention_mask=torch.ones_like(start), encoder_hidden_states=rag_states,
-            encoder_attention_mask=torch.ones(1, encoder_length, dtype=torch.long), **kwargs,
-        )
+        def rag_generate(rag=rag, start=start, states=states, **kwargs):
+            # RagCaptionerModel.generate runs the image tower and the retrieval, then exactly this call
+            generated = GenerationMixin.generate(
+                rag, input_ids=start, attention_mask=torch.ones_like(start), encoder_hidden_states=states,
+                encoder_attention_mask=torch.ones(1, encoder_length, dtype=torch.long), **kwargs,
+            )
+            return generated[:, start.shape[1] - 1 :]  # the start token and the new ones, as for the others
 
-    bart = bart_like(gpt2.n_embd, gpt2.n_layer, gpt2.n_head, gpt2.n_inner or 4 * gpt2.n_embd, gpt2.vocab_size, 256)
-    decoders.append(Decoder(
-        f"RAG captioner GPT-2 (width {gpt2.n_embd}, {gpt2.n_layer} layers)", rag, rag_generate,
-        "BART", encoder_decoder_call(bart, encoder_length, gpt2.n_embd, "attention_mask"),
-    ))
+        bart = bart_like(gpt2.n_embd, gpt2.n_layer, gpt2.n_head, gpt2.n_inner or 4 * gpt2.n_embd, gpt2.vocab_size, 512)
+        builtin = encoder_decoder_call(bart, encoder_length, gpt2.n_embd, "attention_mask")
+        if prompt_length:  # the built-in reads the same prefix: BART's decoder starts from the prompt too
+
+            def builtin(bart=bart, start=start, states=states, **kwargs):
+                mask = torch.ones(1, encoder_length, dtype=torch.long)
+                generated = bart.generate(
+                    encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask,
+                    decoder_input_ids=start, **kwargs,
+                )
+                return generated[:, start.shape[1] - 1 :]
+
+        name = f"RAG captioner GPT-2 (width {gpt2.n_embd}, {gpt2.n_layer} layers, {fusion}"
+        name += f", {prompt_length}-token prompt)" if prompt_length else ")"
+        decoders.append(Decoder(name, rag, rag_generate, "BART", builtin))
 
     torch.manual_seed(0)
     mmcot = MMCoTForConditionalGeneration(MMCoTConfig(**mmcot_overrides)).eval()
@@ -131,6 +150,19 @@ def build_decoders(quick: bool, encoder_length: int) -> list[Decoder]:
         "T5", encoder_decoder_call(t5, encoder_length, t5_config.d_model, "attention_mask"),
     ))
     return decoders
+
+
+def interleaved_median_seconds(calls: dict, repeats: int) -> dict:
+    """Median seconds of each call, the calls taking turns within every repeat after one warm-up round: on a shared
+    machine a slow minute then hits all of them alike, rather than whichever was being timed."""
+    timings = {label: [] for label in calls}
+    for round_number in range(repeats + 1):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_number:
+                timings[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in timings.items()}
 
 
 def main() -> None:
@@ -147,7 +179,7 @@ def main() -> None:
     print(f"Machine: {machine_description()}")
     print(
         f"{args.new_tokens} new tokens, batch 1, encoder length {args.encoder_length}, fp32, no_grad; "
-        f"median of {args.repeats} after a warm-up"
+        f"median of {args.repeats} after a warm-up, the three runs of a row taking turns"
     )
     rows = []
     with torch.no_grad():
@@ -159,14 +191,13 @@ def main() -> None:
                 cached = decoder.generate(**settings, use_cache=True)
                 new_tokens = cached.shape[1] - 1  # less the start token
                 same_tokens = torch.equal(cached, decoder.generate(**settings, use_cache=False))
-                tokens_per_second = {}
-                for label, call, extra in (
-                    ("cache", decoder.generate, dict(use_cache=True)),
-                    ("recompute", decoder.generate, dict(use_cache=False)),
-                    ("builtin", decoder.builtin_generate, dict(use_cache=True)),
-                ):
-                    seconds = median_seconds(lambda: call(**settings, **extra), args.repeats)
-                    tokens_per_second[label] = new_tokens / seconds
+                calls = {
+                    "cache": lambda: decoder.generate(**settings, use_cache=True),
+                    "recompute": lambda: decoder.generate(**settings, use_cache=False),
+                    "builtin": lambda: decoder.builtin_generate(**settings, use_cache=True),
+                }
+                seconds = interleaved_median_seconds(calls, args.repeats)
+                tokens_per_second = {label: new_tokens / value for label, value in seconds.items()}
                 rows.append([
                     decoder.name, search, new_tokens, tokens_per_second["recompute"], tokens_per_second["cache"],
                     tokens_per_second["cache"] / tokens_per_second["recompute"], "yes" if same_tokens else "no",

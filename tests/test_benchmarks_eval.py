@@ -18,7 +18,7 @@ EXPECTED = {
     ),
     "bench_generation.py": (
         ["| decoder | search | new tokens | recompute tok/s | cache tok/s | cache / recompute | same tokens | built-in |"],
-        ["Sign2Text", "RAG captioner GPT-2", "Multimodal-CoT T5", "| greedy |", "| beam 4 |"],
+        ["Sign2Text", "RAG captioner GPT-2", "concat)", "prompt, 8-token prompt)", "Multimodal-CoT T5", "| greedy |", "| beam 4 |"],
     ),
     "bench_faiss.py": (
         [
