@@ -57,10 +57,13 @@ def split(batch: dict, k: int) -> list[dict]:
     return [{name: parts[i] for name, parts in chunks.items()} for i in range(k)]
 
 
-def vlp_model(image_size: int, vocab_size: int = 30522) -> VLPModel:
-    """The model `train/vlp.py` builds by default: tiny towers, its pooling and Matryoshka head sizes."""
+def vlp_model(image_size: int, vocab_size: int = 30522, width: int = 128, layers: int = 2) -> VLPModel:
+    """The model `train/vlp.py` builds by default (tiny towers, 128 wide, 2 layers; its pooling and Matryoshka head),
+    or with towers `width` wide and `layers` deep."""
     config = VLPConfig(
-        vision_config=tiny_vision_config(image_size), text_config=tiny_text_config(vocab_size=vocab_size), **VLP_TASK_HEAD
+        vision_config=tiny_vision_config(image_size, hidden_size=width, num_layers=layers),
+        text_config=tiny_text_config(vocab_size=vocab_size, hidden_size=width, num_layers=layers),
+        **VLP_TASK_HEAD,
     )
     return VLPModel(config).train()
 
@@ -113,7 +116,7 @@ def paired_timings(baseline, ours, repeats: int) -> tuple[float, float, float]:
 
 def accumulation_rows(args) -> list[list]:
     rows = []
-    model = vlp_model(args.image_size, args.vocab_sizes[0])
+    model = vlp_model(args.image_size, args.vocab_sizes[0], args.tower_width, args.tower_layers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     for batch_size in args.batch_sizes:
         generator = torch.Generator().manual_seed(0)
@@ -137,7 +140,7 @@ def embedding_rows(args) -> list[list]:
     batch_size = max(args.batch_sizes)
     for vocab_size in args.vocab_sizes:
         generator = torch.Generator().manual_seed(0)
-        model = vlp_model(args.image_size, vocab_size)
+        model = vlp_model(args.image_size, vocab_size, args.tower_width, args.tower_layers)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
         batch = random_batch(batch_size, args.image_size, args.text_length, vocab_size, generator)
         micro_batches = split(batch, k)
@@ -153,7 +156,7 @@ def dual_encoder_row(args) -> list:
     """VisionTextDualEncoderModel with the same towers, projection size and batch, against VLP's plain step."""
     generator = torch.Generator().manual_seed(0)
     batch_size = max(args.batch_sizes)
-    model = vlp_model(args.image_size, args.vocab_sizes[0])
+    model = vlp_model(args.image_size, args.vocab_sizes[0], args.tower_width, args.tower_layers)
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         model.config.vision_config, model.config.text_config, projection_dim=model.config.projection_dim
     )
@@ -182,6 +185,9 @@ def main() -> None:
         help="text vocabularies: the first for every table, all for the embedding-gradient one",
     )
     parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--tower_width", type=int, default=128, help="hidden size of both towers (default: train/vlp.py's)")
+    parser.add_argument("--tower_layers", type=int, default=2, help="layers of both towers (default: train/vlp.py's)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["embedding", "dual_encoder"], help="tables to leave out")
     parser.add_argument("--text_length", type=int, default=32)
     args = parser.parse_args()
     apply_common_arguments(args)
@@ -190,23 +196,27 @@ def main() -> None:
         args.image_size, args.text_length = 32, 8
     torch.manual_seed(0)
     print(machine_description())
+    print(f"towers: {args.tower_layers} layers, {args.tower_width} wide; images {args.image_size} px, texts {args.text_length} tokens")
     print_table(
-        f"Feature-cached accumulation vs one plain step on the same batch (CPU ms, median of {args.repeats} alternating pairs; ratio: median of pair ratios)",
+        f"Feature-cached accumulation vs one plain step on the same batch (CPU ms, median of {args.repeats} "
+        "alternating pairs; ratio: median of pair ratios)",
         ["total batch", "k", "micro-batch", "plain step", "feature-cached", "ratio"],
         accumulation_rows(args),
     )
-    print_table(
-        f"Feature-cached step at the largest k: embedding gradients per micro-batch vs once per step (CPU ms, median "
-        f"of {args.repeats} pairs)",
-        ["vocabulary", "total batch", "k", "dense per micro-batch", "once per step", "ratio"],
-        embedding_rows(args),
-    )
-    print_table(
-        f"VLP step vs transformers.VisionTextDualEncoderModel, same towers (CPU ms, median of {args.repeats} alternating pairs; ratio: median of pair ratios)",
-        ["batch", "VisionTextDualEncoder", "VLP", "ratio"],
-        [dual_encoder_row(args)],
-    )
-
+    if "embedding" not in args.skip:
+        print_table(
+            f"Feature-cached step at the largest k: embedding gradients per micro-batch vs once per step (CPU ms, "
+            f"median of {args.repeats} pairs)",
+            ["vocabulary", "total batch", "k", "dense per micro-batch", "once per step", "ratio"],
+            embedding_rows(args),
+        )
+    if "dual_encoder" not in args.skip:
+        print_table(
+            f"VLP step vs transformers.VisionTextDualEncoderModel, same towers (CPU ms, median of {args.repeats} "
+            "alternating pairs; ratio: median of pair ratios)",
+            ["batch", "VisionTextDualEncoder", "VLP", "ratio"],
+            [dual_encoder_row(args)],
+        )
 
 if __name__ == "__main__":
     main()

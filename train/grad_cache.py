@@ -11,7 +11,8 @@ between passes.
 Each re-encoding pass is a backward of its own, and an `nn.Embedding` turns every backward into a dense gradient of
 its whole table (30,522 × 128 floats for BERT's word embeddings, to update a few hundred rows): with k = 16 that
 zero-fill and add ran 16 times per step. Given the model, the embedding tables instead collect the gradients of
-their outputs and receive them once (`EmbeddingGradients`).
+their outputs and receive them once (`EmbeddingGradients`): a k = 16 step takes 3 % less time with a 30k vocabulary
+and 44 % less with a 250k multilingual one (benchmarks/bench_contrastive_step.py).
 """
 
 from collections.abc import Callable, Sequence
