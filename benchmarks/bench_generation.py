@@ -12,10 +12,10 @@ Decoders, at their config defaults (towers that only feed the decoder are left o
 - **Multimodal-CoT**: the T5 decoder under the gated fusion (`MMCoTConfig`'s T5). Built-in: the stock
   `T5ForConditionalGeneration` of that config.
 
-Every run writes exactly `--new-tokens` tokens (`min_new_tokens` = `max_new_tokens`) for one input, greedy and beam
-search over `--beams` beams, from `--encoder-length` random encoder states given to `generate` (`encoder_outputs`;
+Every run writes exactly `--new-tokens` tokens (`min_new_tokens` = `max_new_tokens`) for each of `--batch-size`
+inputs (default 1: the latency case), greedy and beam search over `--beams` beams, from `--encoder-length` random encoder states given to `generate` (`encoder_outputs`;
 for the RAG captioner, its fused `encoder_hidden_states`), so only the decoding is timed. Tokens/s counts the new
-tokens of the returned sequence (beams are not counted separately). The recompute baseline is the same model's
+tokens of the returned sequences (beams are not counted separately). The recompute baseline is the same model's
 `generate(use_cache=False)`, which runs the whole prefix at every step; "same tokens" says whether both wrote the
 same sequence (they must, up to float rounding on near-ties).
 
@@ -59,10 +59,10 @@ def bart_like(width: int, layers: int, heads: int, ffn: int, vocab_size: int, ma
     return BartForConditionalGeneration(config).eval()
 
 
-def encoder_decoder_call(model, encoder_length: int, width: int, mask_name: str):
+def encoder_decoder_call(model, batch: int, encoder_length: int, width: int, mask_name: str):
     """`generate` from random encoder states: the encoder is skipped, so only decoding is timed."""
-    states = torch.randn(1, encoder_length, width)
-    mask = torch.ones(1, encoder_length, dtype=torch.long)
+    states = torch.randn(batch, encoder_length, width)
+    mask = torch.ones(batch, encoder_length, dtype=torch.long)
 
     def generate(**kwargs):
         return model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), **{mask_name: mask}, **kwargs)
@@ -70,7 +70,7 @@ def encoder_decoder_call(model, encoder_length: int, width: int, mask_name: str)
     return generate
 
 
-def build_decoders(quick: bool, encoder_length: int) -> list[Decoder]:
+def build_decoders(quick: bool, batch: int, encoder_length: int) -> list[Decoder]:
     from configuration import MMCoTConfig, RagCaptionerConfig, Sign2TextConfig
     from modeling import MMCoTForConditionalGeneration, RagCaptionerModel, Sign2TextModel
     from train.backbones import tiny_text_config
@@ -102,8 +102,8 @@ def build_decoders(quick: bool, encoder_length: int) -> list[Decoder]:
                      config.vocab_size, config.max_target_length + 2)
     decoders.append(Decoder(
         f"Sign2Text (width {width}, {config.decoder_layers} layers)", sign2text,
-        encoder_decoder_call(sign2text, encoder_length, width, "frame_mask"),
-        "BART", encoder_decoder_call(bart, encoder_length, width, "attention_mask"),
+        encoder_decoder_call(sign2text, batch, encoder_length, width, "frame_mask"),
+        "BART", encoder_decoder_call(bart, batch, encoder_length, width, "attention_mask"),
     ))
 
     for fusion in ("concat", "prompt"):
@@ -112,24 +112,24 @@ def build_decoders(quick: bool, encoder_length: int) -> list[Decoder]:
         gpt2 = rag.config.decoder_config
         # "prompt": the retrieved captions are a text prefix of num_retrieved x max_caption_tokens tokens
         prompt_length = 0 if fusion == "concat" else (8 if quick else rag.config.num_retrieved * rag.config.max_caption_tokens)
-        prompt = torch.randint(gpt2.bos_token_id + 1, gpt2.vocab_size, (1, prompt_length))
-        start = torch.cat([prompt, torch.full((1, 1), gpt2.bos_token_id)], dim=1)
-        states = torch.randn(1, encoder_length, gpt2.n_embd)
+        prompt = torch.randint(gpt2.bos_token_id + 1, gpt2.vocab_size, (1, prompt_length)).expand(batch, -1)
+        start = torch.cat([prompt, torch.full((batch, 1), gpt2.bos_token_id)], dim=1)
+        states = torch.randn(batch, encoder_length, gpt2.n_embd)
 
         def rag_generate(rag=rag, start=start, states=states, **kwargs):
             # RagCaptionerModel.generate runs the image tower and the retrieval, then exactly this call
             generated = GenerationMixin.generate(
                 rag, input_ids=start, attention_mask=torch.ones_like(start), encoder_hidden_states=states,
-                encoder_attention_mask=torch.ones(1, encoder_length, dtype=torch.long), **kwargs,
+                encoder_attention_mask=torch.ones(batch, encoder_length, dtype=torch.long), **kwargs,
             )
             return generated[:, start.shape[1] - 1 :]  # the start token and the new ones, as for the others
 
         bart = bart_like(gpt2.n_embd, gpt2.n_layer, gpt2.n_head, gpt2.n_inner or 4 * gpt2.n_embd, gpt2.vocab_size, 512)
-        builtin = encoder_decoder_call(bart, encoder_length, gpt2.n_embd, "attention_mask")
+        builtin = encoder_decoder_call(bart, batch, encoder_length, gpt2.n_embd, "attention_mask")
         if prompt_length:  # the built-in reads the same prefix: BART's decoder starts from the prompt too
 
             def builtin(bart=bart, start=start, states=states, **kwargs):
-                mask = torch.ones(1, encoder_length, dtype=torch.long)
+                mask = torch.ones(batch, encoder_length, dtype=torch.long)
                 generated = bart.generate(
                     encoder_outputs=BaseModelOutput(last_hidden_state=states), attention_mask=mask,
                     decoder_input_ids=start, **kwargs,
@@ -146,8 +146,8 @@ def build_decoders(quick: bool, encoder_length: int) -> list[Decoder]:
     t5 = T5ForConditionalGeneration(t5_config).eval()
     decoders.append(Decoder(
         f"Multimodal-CoT T5 (width {t5_config.d_model}, {t5_config.num_decoder_layers} layers)", mmcot,
-        encoder_decoder_call(mmcot, encoder_length, t5_config.d_model, "attention_mask"),
-        "T5", encoder_decoder_call(t5, encoder_length, t5_config.d_model, "attention_mask"),
+        encoder_decoder_call(mmcot, batch, encoder_length, t5_config.d_model, "attention_mask"),
+        "T5", encoder_decoder_call(t5, batch, encoder_length, t5_config.d_model, "attention_mask"),
     ))
     return decoders
 
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--encoder-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=1, help="inputs per generate call (tokens/s counts all)")
     args = parser.parse_args()
     apply_common_arguments(args)
     if args.quick:
@@ -178,18 +179,18 @@ def main() -> None:
 
     print(f"Machine: {machine_description()}")
     print(
-        f"{args.new_tokens} new tokens, batch 1, encoder length {args.encoder_length}, fp32, no_grad; "
+        f"{args.new_tokens} new tokens, batch {args.batch_size}, encoder length {args.encoder_length}, fp32, no_grad; "
         f"median of {args.repeats} after a warm-up, the three runs of a row taking turns"
     )
     rows = []
     with torch.no_grad():
-        for decoder in build_decoders(args.quick, args.encoder_length):
+        for decoder in build_decoders(args.quick, args.batch_size, args.encoder_length):
             for search, beams in (("greedy", 1), (f"beam {args.beams}", args.beams)):
                 settings = dict(
                     max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, num_beams=beams, do_sample=False
                 )
                 cached = decoder.generate(**settings, use_cache=True)
-                new_tokens = cached.shape[1] - 1  # less the start token
+                new_tokens = cached.shape[1] - 1  # less the start token; per input
                 same_tokens = torch.equal(cached, decoder.generate(**settings, use_cache=False))
                 calls = {
                     "cache": lambda: decoder.generate(**settings, use_cache=True),
@@ -197,7 +198,7 @@ def main() -> None:
                     "builtin": lambda: decoder.builtin_generate(**settings, use_cache=True),
                 }
                 seconds = interleaved_median_seconds(calls, args.repeats)
-                tokens_per_second = {label: new_tokens / value for label, value in seconds.items()}
+                tokens_per_second = {label: args.batch_size * new_tokens / value for label, value in seconds.items()}
                 rows.append([
                     decoder.name, search, new_tokens, tokens_per_second["recompute"], tokens_per_second["cache"],
                     tokens_per_second["cache"] / tokens_per_second["recompute"], "yes" if same_tokens else "no",
