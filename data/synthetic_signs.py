@@ -73,9 +73,9 @@ _NO_WORD = -1
 _PARAMETERS = 5 + _FINGERS  # x, y, z shift, roll, spread, one curl per finger
 _WORD_TEMPO_JITTER = 0.15  # log-normal sigma of each word's own tempo
 _DROP_FRAME_PROBABILITY = 0.03
-_FEATURE_WORD_SCALE = 0.7
-_FEATURE_BLUR_FRAMES = 2.0
-_FEATURE_NOISE_STD = 1.0
+_FEATURE_WORD_SCALE = 1.0
+_FEATURE_BLUR_FRAMES = 1.5
+_FEATURE_NOISE_STD = 0.8
 _UNSEEN_SIGNER_BREADTH = 1.6  # held-out signers' style ranges are this much wider around the same centres
 
 
