@@ -4,14 +4,19 @@
    step on the same total batch: both give the same gradient (tests/test_distributed.py), so the ratio is the price
    of fitting the batch in the activation memory of one micro-batch. Target ≤ 1.4× (the second forward pass makes
    about 1.33× the floor; GradCache as published costs about 2×).
-2. One VLP training step against `transformers.VisionTextDualEncoderModel` built from the same vision and text
+2. The same step at the largest k with the embedding tables' gradients built densely by every micro-batch's
+   backward (torch's default) against added once per step (`train.grad_cache.EmbeddingGradients`), for a BERT-size
+   and a multilingual-size vocabulary.
+3. One VLP training step against `transformers.VisionTextDualEncoderModel` built from the same vision and text
    configs, on the same batch: forward, backward and AdamW step each. Target ≤ 1.1×. VLP does more per step (an
    attention-pooling head over the image tokens instead of the CLS token, the loss at four Matryoshka dimensions,
    caption-aware targets), so the ratio is what those cost.
 
-Both use the default VLP towers (tiny CLIP vision tower on 64-pixel images, tiny BERT), random inputs, train mode.
+All use the default VLP towers (tiny CLIP vision tower on 64-pixel images, tiny BERT; `--tower_width` and
+`--tower_layers` for larger ones), random inputs, train mode, and time CPU seconds of this process (see
+`process_seconds`).
 
-    python benchmarks/bench_contrastive_step.py --threads 1            # full sizes (total batch 128)
+    python benchmarks/bench_contrastive_step.py --threads 1            # full sizes (total batches 64 and 128)
     python benchmarks/bench_contrastive_step.py --quick                # smoke run
 """
 
