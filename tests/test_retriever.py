@@ -141,6 +141,29 @@ def test_other_index_types_build_search_reconstruct_and_round_trip(tmp_path, fac
     np.testing.assert_allclose(loaded.embeddings([[5]])[0], vectors)
 
 
+@pytest.mark.parametrize(
+    ("factory", "getter", "name", "expected"),
+    [("IVF128,Flat", lambda index: faiss_module().extract_index_ivf(index).nprobe, "nprobe", 2),
+     ("HNSW32", lambda index: faiss_module().downcast_index(index).hnsw.efSearch, "efSearch", 32)],
+    ids=["ivf", "hnsw"],
+)
+def test_approximate_indexes_get_the_measured_search_defaults_unless_told_otherwise(tmp_path, factory, getter, name, expected):
+    """faiss alone would search an IVF index with nprobe=1; the retriever probes nlist / 64 lists (HNSW: efSearch
+    32), when built and when loaded, and an explicit `index_search_parameters` wins."""
+    config = rag_config(index_factory=factory)
+    built = CaptionRetriever.from_config(config, embed_texts).build(CAPTIONS, show_progress=False)
+    assert getter(built.index) == expected
+    built.save(tmp_path, config.index_file_name, config.datastore_file_name)
+    assert getter(CaptionRetriever.from_pretrained(tmp_path, config, embed_texts).index) == expected
+    chosen = CaptionRetriever(DIM, embed_texts, index_factory=factory, search_parameters=f"{name}=3")
+    assert getter(chosen.build(CAPTIONS, show_progress=False).index) == 3
+    assert retriever_module.default_search_parameters(CaptionRetriever(DIM).index) == ""
+
+
+def faiss_module():
+    return retriever_module.faiss
+
+
 def test_add_extends_the_datastore(retriever):
     ids = retriever.add(["a brand new caption", "another one"])
     assert ids == range(200, 202) and len(retriever) == 202
