@@ -23,11 +23,11 @@ EXPECTED = {
     "bench_faiss.py": (
         [
             "| captions | encode only captions/s | build captions/s | build / encode time |",
-            "| index | setting | ms / batch | time vs Flat | recall@10 vs Flat | R@1 (own caption) |",
+            "| index | setting | ms / batch | time vs Flat | recall@10 vs Flat | recall@1 vs Flat | R@1 (own caption) |",
             "| entries | index | setting | build s | ms / batch | speed-up vs Flat |",
             "| entries | index | setting | search ms | training step ms | search / step |",
         ],
-        ["| Flat | exact |", "| IVF16,Flat |", "| HNSW32 |", "dims + re-rank"],
+        ["| Flat | exact |", "| IVF16,Flat |", "| HNSW32 |", "| Flat @ 16 dims + re-rank |", "| SQ8 @ 16 dims + re-rank |"],
     ),
 }
 
