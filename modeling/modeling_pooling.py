@@ -43,10 +43,29 @@ class AttentionPooling(nn.Module):
         self.mlp = FeedForward(hidden_size, 4 * hidden_size, dropout)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`(batch, tokens, hidden)` → `(batch, hidden)`."""
+        """`(batch, tokens, hidden)` → `(batch, hidden)`.
+
+        `self.attention`'s weights, applied with its key and value projections folded into the single query: with
+        one query, projecting every token to keys and values costs two `hidden × hidden` products per token, while
+        `q·(W_k x + b_k) = (W_kᵀq)·x + const` and `Σ a_t (W_v x_t + b_v) = W_v (Σ a_t x_t) + b_v` (the weights sum
+        to one) need none. Same result as `nn.MultiheadAttention(probe, tokens, tokens)`; about 5 % less time
+        for a VLP training step on the default towers (benchmarks/bench_contrastive_step.py).
+        """
         tokens = self.norm(hidden_states)
-        probe = self.probe.expand(tokens.shape[0], -1, -1)
-        pooled, _ = self.attention(probe, tokens, tokens, key_padding_mask=_key_padding_mask(attention_mask))
+        attention = self.attention
+        hidden, heads = attention.embed_dim, attention.num_heads
+        head_dim = hidden // heads
+        w_query, w_key, w_value = attention.in_proj_weight.chunk(3)
+        b_query, _, b_value = attention.in_proj_bias.chunk(3)
+        query = nn.functional.linear(self.probe[0, 0], w_query, b_query).view(heads, 1, head_dim)
+        folded_keys = (query @ w_key.view(heads, head_dim, hidden)).squeeze(1) * head_dim**-0.5  # (heads, hidden)
+        scores = (tokens @ folded_keys.T).transpose(1, 2)  # (batch, heads, tokens)
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask.bool()[:, None, :], float("-inf"))
+        weights = nn.functional.dropout(scores.softmax(-1), attention.dropout, self.training)
+        mixed = weights @ tokens  # (batch, heads, hidden)
+        values = torch.einsum("bhe,hde->bhd", mixed, w_value.view(heads, head_dim, hidden)) + b_value.view(heads, head_dim)
+        pooled = attention.out_proj(values.reshape(values.shape[0], 1, hidden))
         pooled = pooled + self.mlp(pooled)
         return pooled[:, 0]
 

@@ -10,7 +10,7 @@ from configuration import SequenceEncoderConfig, VLPConfig
 from modeling import VLPModel
 from modeling import modeling_contrastive
 from modeling.modeling_contrastive import EmbeddingMemory, clip_loss, siglip_loss, supervised_contrastive_loss
-from modeling.modeling_pooling import PERCEIVER_LATENT_INIT_STD
+from modeling.modeling_pooling import PERCEIVER_LATENT_INIT_STD, AttentionPooling, _key_padding_mask
 from train.backbones import tiny_text_config, tiny_vision_config
 from train.grad_cache import feature_cached_backward
 
@@ -89,11 +89,11 @@ def test_forward_without_return_loss_runs_no_collective(monkeypatch):
     model = VLPModel(tiny_vlp_config(vision_config=None)).eval()
     batch = sequence_batch()
 
-    def all_gather(tensor):
+    def all_gather_single(tensor, gather_dim, group):
         raise AssertionError("forward ran a collective")
 
     monkeypatch.setattr(modeling_contrastive, "_world", lambda: (0, 2))
-    monkeypatch.setattr(torch.distributed.nn.functional, "all_gather", all_gather)
+    monkeypatch.setattr(modeling_contrastive.functional_collectives, "all_gather_single", all_gather_single)
     with torch.no_grad():
         assert model(**batch).loss is None
         assert model(**batch, return_loss=False).loss is None
@@ -130,6 +130,29 @@ def test_perceiver_latents_keep_their_initialisation_through_post_init_and_from_
     model.save_pretrained(tmp_path)
     reloaded = VLPModel.from_pretrained(tmp_path)
     assert torch.equal(reloaded.pooling.latents, model.pooling.latents)
+
+
+def test_attention_pooling_equals_multihead_attention_with_its_weights():
+    """The folded single-query attention is `nn.MultiheadAttention(probe, tokens, tokens)`, mask and gradients too."""
+    torch.manual_seed(0)
+    pooling = AttentionPooling(32, 4).double()
+    nn.init.normal_(pooling.probe)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+    hidden_states = torch.randn(3, 7, 32, dtype=torch.float64, requires_grad=True)
+
+    def reference(states):
+        tokens = pooling.norm(states)
+        probe = pooling.probe.expand(len(states), -1, -1)
+        pooled, _ = pooling.attention(probe, tokens, tokens, key_padding_mask=_key_padding_mask(mask))
+        return (pooled + pooling.mlp(pooled))[:, 0]
+
+    ours, expected = pooling(hidden_states, mask), reference(hidden_states)
+    torch.testing.assert_close(ours, expected)
+    upstream = torch.randn_like(ours)
+    ours_grads = torch.autograd.grad(ours, [hidden_states, *pooling.parameters()], upstream)
+    expected_grads = torch.autograd.grad(expected, [hidden_states, *pooling.parameters()], upstream)
+    for got, want in zip(ours_grads, expected_grads):
+        torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("pooling_type", ["attention", "perceiver"])
