@@ -12,8 +12,8 @@ baseline for every approximate index, in one process.
    and a caption of another picture with the same content counts as a miss, so it only shows that no index loses
    any. Matryoshka rows search the first `--search-dim` coordinates with the named index (`Flat`, or compressed:
    `SQ8` 8-bit scalars, `PQ16` 16-byte product codes) and re-rank `refine_factor x k` candidates at full dim.
-3. **Speed on random unit vectors** at `--entries` datastore sizes, batches of 64 queries, at the settings picked
-   from part 2. HNSW is built only up to `--hnsw-max-entries` (single-threaded HNSW construction of 1M vectors takes
+3. **Speed on random unit vectors** at `--entries` datastore sizes, batches of 64 queries, at the retriever's default
+   search settings (`default_search_parameters`, chosen from part 2's sweep; their recall there is printed). HNSW is built only up to `--hnsw-max-entries` (single-threaded HNSW construction of 1M vectors takes
    longer than this benchmark's budget); larger sizes are marked "not built".
 4. **Share of a RAG training step**: one search of a training batch (64 images) at the largest size vs one
    optimisation step of the default RAG captioner (batch 64) on this machine.
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--ef-searches", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--search-dim", type=int, default=64)
     parser.add_argument("--refine-factors", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--recall-target", type=float, default=0.95)
+    parser.add_argument("--recall-target", type=float, default=0.95, help="recall@10 the defaults must reach")
     parser.add_argument("--build-batch", type=int, default=512)
     parser.add_argument("--build-captions", type=int, default=10_000, help="captions timed for the build throughput")
     parser.add_argument(
@@ -232,20 +232,17 @@ def main() -> None:
     def recalls(ids: np.ndarray) -> list[float]:
         return [tie_aware_recall(ids, exact_scores, queries, data, k), tie_aware_recall(ids[:, :1], exact_scores, queries, data, 1)]
 
-    candidates = {}
     ivf = build_index(data, ivf_factory(args.nlist))
     for nprobe in args.nprobes:
         set_parameter(ivf, "nprobe", nprobe)
         seconds, ids = timed_search(ivf, queries)
         recall = recalls(ids)
-        candidates.setdefault("ivf", []).append((nprobe, recall[0]))
         quality_rows.append([ivf_factory(args.nlist), f"nprobe={nprobe}", seconds * 1e3, seconds / flat_seconds, *recall, r_at_1(ids)])
     hnsw = build_index(data, "HNSW32")
     for ef in args.ef_searches:
         set_parameter(hnsw, "efSearch", ef)
         seconds, ids = timed_search(hnsw, queries)
         recall = recalls(ids)
-        candidates.setdefault("hnsw", []).append((ef, recall[0]))
         quality_rows.append(["HNSW32", f"efSearch={ef}", seconds * 1e3, seconds / flat_seconds, *recall, r_at_1(ids)])
     refine = 8 if 8 in args.refine_factors else args.refine_factors[-1]
     for factory in args.matryoshka_factories:
@@ -260,37 +257,36 @@ def main() -> None:
         quality_rows,
     )
 
-    def smallest_meeting_target(name: str) -> int:
-        meeting = [setting for setting, recall in candidates[name] if recall >= args.recall_target]
-        return min(meeting) if meeting else max(setting for setting, _ in candidates[name])
+    from modeling.modeling_retriever import default_search_parameters
 
-    nprobe, ef = smallest_meeting_target("ivf"), smallest_meeting_target("hnsw")
-    print(
-        f"\nPicked (smallest setting with recall@{k} >= {args.recall_target} on VLP embeddings): nprobe={nprobe}, "
-        f"efSearch={ef}; Matryoshka refine_factor={refine}"
-    )
+    defaults = {"ivf": default_search_parameters(ivf), "hnsw": default_search_parameters(hnsw)}
+    lines = []
+    for name, index in (("ivf", ivf), ("hnsw", hnsw)):
+        faiss.ParameterSpace().set_index_parameters(index, defaults[name])
+        recall = tie_aware_recall(index.search(queries, k)[1], exact_scores, queries, data, k)
+        meets = "meets" if recall >= args.recall_target else "misses"
+        lines.append(f"{name.upper()} {defaults[name]} (recall@{k} {recall:.3f}, {meets} the {args.recall_target} target)")
+    print(f"\nThe retriever's defaults (default_search_parameters), used below: {'; '.join(lines)}")
 
     # ---- speed on random unit vectors
     speed_rows, flat_at_largest, best_at_largest = [], None, None
     queries_random = random_unit(batch, dim, seed=1)
     for entries in args.entries:
         vectors = random_unit(entries, dim, seed=0)
-        indexes = [("Flat", "exact", lambda: build_index(vectors, "Flat"), {})]
-        indexes.append((ivf_factory(args.nlist), f"nprobe={nprobe}", lambda: build_index(vectors, ivf_factory(args.nlist)), {"nprobe": nprobe}))
-        indexes.append(("HNSW32", f"efSearch={ef}", (lambda: build_index(vectors, "HNSW32")) if entries <= args.hnsw_max_entries else None, {"efSearch": ef}))
+        indexes = [("Flat", "exact", lambda: build_index(vectors, "Flat"))]
+        indexes.append((ivf_factory(args.nlist), defaults["ivf"], lambda: build_index(vectors, ivf_factory(args.nlist))))
+        indexes.append(("HNSW32", defaults["hnsw"], (lambda: build_index(vectors, "HNSW32")) if entries <= args.hnsw_max_entries else None))
         for factory in args.matryoshka_factories:
-            indexes.append((f"{factory} @ {args.search_dim} dims + re-rank", f"refine_factor={refine}", lambda factory=factory: build_index(vectors, factory, args.search_dim, refine), {}))
-        indexes.append((f"{ivf_factory(args.nlist)} @ {args.search_dim} dims + re-rank", f"nprobe={nprobe}, refine_factor={refine}", lambda: build_index(vectors, ivf_factory(args.nlist), args.search_dim, refine), {"nprobe": nprobe}))
+            indexes.append((f"{factory} @ {args.search_dim} dims + re-rank", f"refine_factor={refine}", lambda factory=factory: build_index(vectors, factory, args.search_dim, refine)))
+        indexes.append((f"{ivf_factory(args.nlist)} @ {args.search_dim} dims + re-rank", f"{defaults['ivf']}, refine_factor={refine}", lambda: build_index(vectors, ivf_factory(args.nlist), args.search_dim, refine)))
         flat_seconds = None
-        for name, setting, make, parameters in indexes:
+        for name, setting, make in indexes:
             if make is None:
                 speed_rows.append([entries, name, setting, "not built", "", ""])
                 continue
             start = time.perf_counter()
             index = make()
             build = time.perf_counter() - start
-            for parameter, value in parameters.items():
-                set_parameter(index, parameter, value)
             seconds = median_seconds(lambda: index.search(queries_random, k), args.repeats)
             flat_seconds = flat_seconds or seconds
             speed_rows.append([entries, name, setting, build, seconds * 1e3, flat_seconds / seconds])
