@@ -9,8 +9,8 @@ Three ways to score the same random embeddings (5 texts per image, float32 input
 - **evaluate.compute**: `retrieval.compute(text_embeddings=..., ...)`, which stores the texts in Arrow as lists of
   floats and reads them back.
 
-Time is measured in this process, the median of `--repeats` runs after one warm-up (sizes above 20,000 texts: the one
-run that also checks the paths agree and measures memory). Peak memory is the call's own: before the call the
+Time is measured in this process, the median of `--repeats` rounds in which the paths take turns, after one warm-up
+(sizes above 20,000 texts: the one run that also checks the paths agree and measures memory). Peak memory is the call's own: before the call the
 kernel's peak-RSS counter is reset (`/proc/self/clear_refs`), and the call's figure is peak RSS minus the RSS before
 it (VmHWM - VmRSS from `/proc/self/status`), so the inputs the caller already holds are not counted; glibc is told to
 give every block above 64 KiB back to the kernel when freed, so a call cannot reuse an earlier call's freed memory
@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import gc
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,6 @@ from common import (  # noqa: E402
     apply_common_arguments,
     benchmark_parser,
     machine_description,
-    median_seconds,
     print_table,
 )
 
@@ -155,10 +155,14 @@ def main() -> None:
             )
             seconds[path] = time.perf_counter() - start
             results[path] = outputs[0]
-            if num_texts <= 20_000:  # the run above was the warm-up (and the memory measurement)
-                seconds[path] = median_seconds(
-                    lambda: run_path(path, metric, texts, image_index, images, args.chunk_size), args.repeats, warmup=0
-                )
+        if num_texts <= 20_000:  # the runs above were the warm-up (and the memory measurement)
+            timings = {path: [] for path in PATHS}
+            for _ in range(args.repeats):  # the paths take turns, so a busy moment of a shared machine hits all
+                for path in PATHS:
+                    start = time.perf_counter()
+                    run_path(path, metric, texts, image_index, images, args.chunk_size)
+                    timings[path].append(time.perf_counter() - start)
+            seconds = {path: statistics.median(values) for path, values in timings.items()}
         for path in PATHS[1:]:  # random float embeddings have no ties, so every path must agree on R@K
             for key, value in results["bare"].items():
                 assert math.isclose(results[path][key], value, abs_tol=1e-9), f"{path} {key} disagrees with bare"
