@@ -181,7 +181,7 @@ def main() -> None:
                     path,
                     large_seconds[path] * score_growth,
                     large_seconds[path] / large_seconds["bare"],
-                    large_peaks[path] + memory_slope * (args.estimate - large),
+                    max(large_peaks[path], large_peaks[path] + memory_slope * (args.estimate - large)),
                 ]
             )
     print_table(
@@ -191,7 +191,8 @@ def main() -> None:
     )
     print(
         "Estimate rows: time = the largest size's seconds per score x the scores of the estimate (every path is "
-        "dominated by its N x M work there); memory grown linearly along the last two sizes."
+        "dominated by its N x M work there); memory grown linearly along the last two sizes "
+        "(never below the largest size's)."
     )
 
 
