@@ -3,7 +3,6 @@
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,27 +12,8 @@ MISSING_KEYPOINT_POLICIES = ("error", "mask")
 
 
 class LongClipWarning(UserWarning):
-    """A clip longer than `max_frames` was resampled or truncated. A training run that sees many of them silences
-    this category and reports `LONG_CLIPS` once instead (see `LongClipTally`)."""
-
-
-@dataclass
-class LongClipTally:
-    """How many clips longer than `max_frames` this process has resampled or truncated, and the longest one: what a
-    training run reports once, with a count, instead of a warning per clip."""
-
-    clips: int = 0
-    longest: int = 0
-
-    def add(self, num_frames: int) -> None:
-        self.clips += 1
-        self.longest = max(self.longest, num_frames)
-
-    def reset(self) -> None:
-        self.clips, self.longest = 0, 0
-
-
-LONG_CLIPS = LongClipTally()
+    """A clip longer than `max_frames` was resampled or truncated. A training run that meets many of them silences
+    this category and reports their number once instead (as `train/sign2text.py` does)."""
 
 
 def _kept_frames(num_frames: int, max_frames: int, strategy: str, index: int) -> np.ndarray:
@@ -45,7 +25,6 @@ def _kept_frames(num_frames: int, max_frames: int, strategy: str, index: int) ->
             f"Sequence {index} has {num_frames} frames but max_frames is {max_frames}; raise max_frames or use "
             "long_sequence_strategy='sample' or 'truncate'."
         )
-    LONG_CLIPS.add(num_frames)
     warnings.warn(
         f"Sequence {index} has {num_frames} frames > max_frames={max_frames}; "
         f"{'resampling it uniformly' if strategy == 'sample' else 'keeping the first frames'}.",
@@ -234,4 +213,4 @@ class SequenceSettingsMixin:
         )
 
 
-__all__ = ["LONG_CLIPS", "LongClipTally", "LongClipWarning", "SequenceSettingsMixin", "load_clip", "prepare_sequences"]
+__all__ = ["LongClipWarning", "SequenceSettingsMixin", "load_clip", "prepare_sequences"]

@@ -12,6 +12,7 @@ decoder with its visual input zeroed: what it writes from the language prior alo
 """
 
 import logging
+import multiprocessing
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from data.synthetic_signs import EVAL_SPLITS
 from modeling import Sign2TextModel, VLPModel
 from modeling.modeling_sign2text import make_gloss_labels
 from processing import PoseAugmentation, Sign2TextProcessor
-from processing.processing_pose import LONG_CLIPS, LongClipWarning
+from processing.processing_pose import LongClipWarning
 from processing.pipeline_sign2text import Sign2TextPipeline
 from train.arguments import DecoderLoraArguments, SequenceTowerArguments, SignDataArguments, TrainingArguments
 from train.backbones import load_tokenizer, offline_model_dir
@@ -158,9 +159,12 @@ class Sign2TextTask(Task):
         self.model_args, self.tower_args, self.lora_args, self.data_args = model_args, tower_args, lora_args, data_args
         self.monitor = CollapseMonitor(logger=logger)
         self.augmentation = data_args.augmentation()
-        # Clips longer than --max_frames are counted and reported once at the end, not warned about one by one.
+        # Clips longer than --max_frames are counted and reported once at the end, not warned about one by one. The
+        # counters live in shared memory: data loader workers (forked, so they inherit them and the filter) collate
+        # the training views.
         warnings.simplefilter("ignore", LongClipWarning)
-        LONG_CLIPS.reset()
+        self.long_clips = multiprocessing.Value("q", 0)
+        self.longest_clip = multiprocessing.Value("q", 0)
 
     def load_splits(self):
         train_set, eval_set = load_sign_splits(self.data_args)
@@ -267,11 +271,20 @@ class Sign2TextTask(Task):
                     views.append({**example, "keypoints": keypoints, "features": view_features})
             examples = views
         sequence = self.model_config.sequence_config
+        self._count_long_clips(examples)
         batch = self.processor(text=[example["sentence"] for example in examples], **sequence_inputs(examples, sequence))
         batch["sentence_ids"] = torch.tensor([example["sentence_id"] for example in examples])
         if self.model_config.ctc_weight:
             batch["gloss_labels"] = make_gloss_labels([example["sentence"] for example in examples], self.model_config.gloss_vocabulary)
         return dict(batch)
+
+    def _count_long_clips(self, examples: list[dict]) -> None:
+        lengths = [len(example["keypoints"] if "keypoints" in example else example["features"]) for example in examples]
+        long = [length for length in lengths if length > self.model_config.sequence_config.max_frames]
+        if long:
+            with self.long_clips.get_lock():
+                self.long_clips.value += len(long)
+                self.longest_clip.value = max(self.longest_clip.value, *long)
 
     def checkpoint_state(self, model) -> list:
         memory = getattr(model, "memory", None)
@@ -316,14 +329,15 @@ class Sign2TextTask(Task):
         predictions = map_sharded(self.accelerator, examples, lambda batch: self._generate(model, batch, num_beams), batch_size)
         baseline = map_sharded(self.accelerator, examples, lambda batch: self._generate(model, batch, zero_visual=True), batch_size)
         pairs = self._encode(model, examples, sharded=True)
-        if LONG_CLIPS.clips:
-            logger.warning(
-                "%d clips (training views and held-out clips) were longer than --max_frames %d (the longest had %d "
-                "frames) and were resampled to it; raise --max_frames to keep every frame.",
-                LONG_CLIPS.clips, self.model_config.sequence_config.max_frames, LONG_CLIPS.longest,
-            )  # fmt: skip
         if not self.accelerator.is_main_process:
             return None
+        self._count_long_clips(examples)
+        if self.long_clips.value:
+            logger.warning(
+                "%d clips (training views this process collated, and the held-out clips) were longer than --max_frames %d (the longest had %d "
+                "frames) and were resampled to it; raise --max_frames to keep every frame.",
+                self.long_clips.value, self.model_config.sequence_config.max_frames, self.longest_clip.value,
+            )  # fmt: skip
         references = [example["sentence"] for example in examples]
         by_split = defaultdict(list)
         for index, example in enumerate(examples):
