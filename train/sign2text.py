@@ -334,8 +334,9 @@ class Sign2TextTask(Task):
         self._count_long_clips(examples)
         if self.long_clips.value:
             logger.warning(
-                "%d clips (training views this process collated, and the held-out clips) were longer than --max_frames %d (the longest had %d "
-                "frames) and were resampled to it; raise --max_frames to keep every frame.",
+                "%d clips (training views this process collated, and the held-out clips) were longer than "
+                "--max_frames %d (the longest had %d frames) and were resampled to it; raise --max_frames to keep "
+                "every frame.",
                 self.long_clips.value, self.model_config.sequence_config.max_frames, self.longest_clip.value,
             )  # fmt: skip
         references = [example["sentence"] for example in examples]
