@@ -177,7 +177,7 @@ def rag_training_step_seconds(model, batch_size: int, repeats: int) -> float:
 def main() -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--vlp", default=str(REPO_ROOT / "outputs" / "vlp-images" / "final"))
-    parser.add_argument("--quality-images", type=int, default=20_000, help="pictures whose captions form the VLP datastore")
+    parser.add_argument("--quality-images", type=int, default=10_000, help="pictures whose captions form the VLP datastore")
     parser.add_argument("--queries", type=int, default=1024, help="VLP image queries for recall")
     parser.add_argument("--entries", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--hnsw-max-entries", type=int, default=200_000)
