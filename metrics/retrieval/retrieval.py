@@ -330,17 +330,6 @@ class Retrieval(evaluate.Metric):
             text_embeddings, image_index, image_embeddings, ks=ks, chunk_size=chunk_size, tie_tolerance=tie_tolerance
         )
 
-    def compute_arrays(
-        self,
-        text_embeddings: ArrayLike,
-        image_index: Union[Sequence[int], np.ndarray, torch.Tensor],
-        image_embeddings: ArrayLike,
-        ks: Sequence[int] = (1, 5, 10),
-        chunk_size: int | None = None,
-        tie_tolerance: float = DEFAULT_TIE_TOLERANCE,
-    ) -> Dict[str, Any]:
-        """`compute` on arrays already in this process (numpy or torch), without the Arrow round trip: the path for
-        embeddings that were gathered beforehand. Batches added with `add_batch` are not used."""
-        return retrieval_metrics(
-            text_embeddings, image_index, image_embeddings, ks=ks, chunk_size=chunk_size, tie_tolerance=tie_tolerance
-        )
+    # `compute` on arrays already in this process (numpy or torch), without the Arrow round trip: the path for
+    # embeddings that were gathered beforehand. Batches added with `add_batch` are not used.
+    compute_arrays = staticmethod(retrieval_metrics)
