@@ -55,12 +55,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-RUN = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2", "--logging_steps", "1", "--memory_size", "16"]
+RUN = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--eval_steps", "2", "--logging_steps", "1", "--memory_size", "16",
+       "--ctc_weight", "0.5"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """Four steps with a SupCon memory queue, a checkpoint and a collapse check at step 2, the loss logged every step."""
+    """Four steps with a SupCon memory queue and the CTC head, a checkpoint and a collapse check at step 2, the loss
+    logged every step."""
     output_dir = tmp_path_factory.mktemp("sign2text") / "run"
     return output_dir, launch(output_dir, *RUN)
 
