@@ -33,7 +33,7 @@ from train.backbones import tiny_text_config, tiny_vision_config
 from train.grad_cache import feature_cached_backward
 
 VISUAL_INPUTS = ("pixel_values",)
-# The head `train/vlp.py` builds by default (its ModelArguments; tests/test_benchmarks_training.py checks they agree).
+# The head `train/vlp.py` builds by default (its ModelArguments; tests/test_benchmarks.py checks they agree).
 # Written out because importing train.vlp (plots, data, diagnostics) would double the `--quick` run's time.
 VLP_TASK_HEAD = dict(
     pooling_type="attention",
@@ -181,7 +181,7 @@ def dual_encoder_row(args) -> list:
     return [batch_size, round(base * 1e3), round(ours * 1e3), ratio]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 128], help="total contrastive batches")
     parser.add_argument("--micro_batches", type=int, nargs="+", default=[1, 4, 16], help="values of k")
@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--tower_layers", type=int, default=2, help="layers of both towers (default: train/vlp.py's)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["embedding", "dual_encoder"], help="tables to leave out")
     parser.add_argument("--text_length", type=int, default=32)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_common_arguments(args)
     if args.quick:
         args.batch_sizes, args.micro_batches, args.vocab_sizes = [8], [1, 4], [1000]

@@ -23,17 +23,15 @@ Usage:
 """
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, apply_common_arguments, benchmark_parser, machine_description, median_seconds, print_table  # noqa: E402
+from common import REPO_ROOT, apply_common_arguments, benchmark_parser, machine_description, median_seconds, print_table
 
-import faiss  # noqa: E402
+import faiss
 
 
 def ivf_factory(nlist: int) -> str:
@@ -174,7 +172,7 @@ def rag_training_step_seconds(model, batch_size: int, repeats: int) -> float:
     return seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--vlp", default=str(REPO_ROOT / "outputs" / "vlp-images" / "final"))
     parser.add_argument("--quality-images", type=int, default=10_000, help="pictures whose captions form the VLP datastore")
@@ -193,7 +191,7 @@ def main() -> None:
         "--matryoshka-factories", nargs="+", default=["Flat", "SQ8", "PQ16"],
         help="indexes of the --search-dim prefix, each re-ranked at full dim (Flat with every --refine-factors)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_common_arguments(args)
     if args.quick:
         args.quality_images, args.queries, args.entries, args.nlist, args.build_captions = 60, 64, [2000], 16, 100

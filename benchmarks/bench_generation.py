@@ -24,18 +24,15 @@ Usage:
 """
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import transformers
 from transformers import BartConfig, BartForConditionalGeneration, GenerationMixin, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import apply_common_arguments, benchmark_parser, machine_description, print_table  # noqa: E402
+from common import apply_common_arguments, benchmark_parser, machine_description, print_table
 
 
 @dataclass
@@ -165,13 +162,13 @@ def interleaved_median_seconds(calls: dict, repeats: int) -> dict:
     return {label: statistics.median(values) for label, values in timings.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--beams", type=int, default=4)
     parser.add_argument("--encoder-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=1, help="inputs per generate call (tokens/s counts all)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_common_arguments(args)
     if args.quick:
         args.new_tokens, args.encoder_length = 8, 8

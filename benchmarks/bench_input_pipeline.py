@@ -93,13 +93,13 @@ def measure(args, workers: int) -> list:
     return [workers, args.batch_size, round(collate_ms), round(base * 1e3), round(loaded * 1e3), round(idle * 1e3), ratio]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="values of --dataloader_num_workers")
     parser.add_argument("--batch_size", type=int, default=64, help="micro-batch (train/vlp.py's default)")
     parser.add_argument("--steps", type=int, default=12, help="training steps per timed block")
     parser.add_argument("--num_train", type=int, default=2048, help="embedded shapes images")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_common_arguments(args)
     if args.quick:
         args.workers, args.batch_size, args.steps, args.num_train = [0, 1], 4, 2, 16

@@ -26,15 +26,12 @@ import ctypes.util
 import gc
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from common import (
     apply_common_arguments,
     benchmark_parser,
     machine_description,
@@ -123,17 +120,18 @@ def peak_memory_mib(function) -> float:
     return (_status_kib("VmHWM") - before) / 1024
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = benchmark_parser(__doc__)
     parser.add_argument("--num-texts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=None, help="texts per chunk (default: the metric's own)")
     parser.add_argument("--estimate", type=int, default=1_000_000, help="texts to extrapolate the last size to")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     apply_common_arguments(args)
-    fix_mmap_threshold()
-    if args.quick:
+    if args.quick:  # a smoke run, maybe inside another process: leave its allocator alone
         args.num_texts, args.dim = [500, 1000], 32
+    else:
+        fix_mmap_threshold()
 
     metric = load_metric()
     threads = torch.get_num_threads()
