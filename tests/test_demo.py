@@ -89,8 +89,12 @@ def test_sign_tab_translates_an_uploaded_npy(browser, models, tmp_path):
     press(browser, "sign-run")
     translation, reference, _ = tab.translate(None, str(path))
     assert translation.strip() and reference == ""
-    wait_for(browser, lambda: text_of(browser, "sign-text") == translation, f"the translation {translation!r}")
-    assert text_of(browser, "sign-reference") == ""
+    # the tiny model may translate the example shown before alike: the cleared reference says the page updated
+    wait_for(
+        browser,
+        lambda: text_of(browser, "sign-text") == translation and text_of(browser, "sign-reference") == "",
+        f"the translation {translation!r} with no reference",
+    )
 
 
 def test_science_tab_fills_an_example_and_shows_rationale_and_answer(browser, models):
