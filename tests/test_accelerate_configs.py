@@ -77,3 +77,15 @@ def test_feature_cached_step_refuses_sharded_parameters_and_says_what_to_do(shar
     assert "--gradient_accumulation_steps 1" in message and "ddp_multi_gpu.yaml" in message
     assert (CONFIG_DIR / "ddp_multi_gpu.yaml").is_file()
     assert model.weight.grad is None  # refused before any work
+
+
+def test_runner_refuses_accumulation_under_deepspeed_before_any_work(monkeypatch, tmp_path):
+    """DeepSpeed steps the optimiser inside each backward, so k micro-batches would be k steps: refused, naming the
+    flag and what to do, before the data is loaded."""
+    from train import runner
+    from train.vlp import VLPTask
+
+    monkeypatch.setattr(runner, "make_accelerator", lambda *args: SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
+    monkeypatch.setattr(VLPTask, "load_splits", lambda self: pytest.fail("the data was loaded before the refusal"))
+    with pytest.raises(ValueError, match=r"--gradient_accumulation_steps 2 under DeepSpeed.*--gradient_accumulation_steps 1"):
+        runner.run(VLPTask, ["--output_dir", str(tmp_path), "--gradient_accumulation_steps", "2", "--report_to", "none"])

@@ -169,6 +169,14 @@ def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
     task = task_class(*parse_arguments(*task_class.argument_groups, argv=argv))
     args = task.training_args
     accelerator = make_accelerator(args, task.name, task.hyperparameters)
+    k = args.gradient_accumulation_steps
+    # Refused before any data is loaded or model built.
+    if k > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(
+            f"--gradient_accumulation_steps {k} under DeepSpeed: DeepSpeed steps the optimiser inside every backward "
+            "this loop makes, so it would take k steps instead of one. Use --gradient_accumulation_steps 1 with a "
+            "larger --per_device_train_batch_size, or the DDP config train/accelerate_configs/ddp_multi_gpu.yaml."
+        )
     task.accelerator = accelerator
 
     train_set, eval_set = task.load_splits()
@@ -186,12 +194,6 @@ def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
     optimizer, scheduler = create_optimizer_and_scheduler(model, args)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
     k = args.gradient_accumulation_steps
-    if k > 1 and accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError(
-            f"--gradient_accumulation_steps {k} under DeepSpeed: DeepSpeed steps the optimiser inside every backward "
-            "this loop makes, so it would take k steps instead of one. Use --gradient_accumulation_steps 1 with a "
-            "larger --per_device_train_batch_size, or the DDP config train/accelerate_configs/ddp_multi_gpu.yaml."
-        )
     if len(dataloader) < k:
         raise ValueError(
             f"The training set gives {len(dataloader)} micro-batches per epoch and process, fewer than "
