@@ -140,12 +140,12 @@ def _inverse_norms(matrix: torch.Tensor, name: str, chunk_size: int) -> torch.Te
 
 def _count_above_and_band(
     scores: torch.Tensor, best_true: torch.Tensor, tolerance: float, dim: int
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Along `dim` (1: per row, 0: per column): the candidates scoring above `best_true + tolerance`, the candidates
-    scoring at least `best_true - tolerance` (`None` when not needed, see below), and how many scores of the whole
-    chunk lie in the tolerance bands. Comparing is cheap and counting per row is not, so the per-row count of the
-    lower threshold is only taken when the bands hold more scores than the caller's true candidates: ties between a
-    wrong candidate and the best true score are rare outside degenerate embeddings."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Along `dim` (1: per row, 0: per column): the count of candidates scoring above `best_true + tolerance`, the
+    mask of candidates scoring at least `best_true - tolerance`, and how many scores of the whole chunk lie in the
+    tolerance bands. Comparing is cheap and counting per row is not, so callers count the mask per row only when the
+    bands hold more scores than their true candidates: ties between a wrong candidate and the best true score are
+    rare outside degenerate embeddings."""
     best = best_true[:, None] if dim == 1 else best_true[None, :]
     above_mask = scores > best + tolerance
     above = above_mask.sum(dim=dim, dtype=torch.int32)  # int32 sums cost half the default int64 ones
@@ -275,10 +275,11 @@ def retrieval_metrics(
         own_above = own_scores > best + tie_tolerance
         own_at_least = own_scores >= best - tie_tolerance
         above, at_least_mask, in_bands = _count_above_and_band(scores, best_true, tie_tolerance, dim=0)
-        i2t_above += above - torch.bincount(own_index[own_above], minlength=num_images)
+        wrong_above = above - torch.bincount(own_index[own_above], minlength=num_images)
+        i2t_above += wrong_above
         if in_bands != int((own_at_least & ~own_above).sum()):  # a wrong text tied with some image's best
             at_least = at_least_mask.sum(dim=0) - torch.bincount(own_index[own_at_least], minlength=num_images)
-            i2t_tied += at_least - (above - torch.bincount(own_index[own_above], minlength=num_images))
+            i2t_tied += at_least - wrong_above
         del at_least_mask, scores
 
     # The sum over all pairs factorises, so the negative mean needs no N x N buffer.
