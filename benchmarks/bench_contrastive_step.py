@@ -21,10 +21,16 @@ All use the default VLP towers (tiny CLIP vision tower on 64-pixel images, tiny 
 """
 
 import statistics
-import time
 
 import torch
-from common import apply_common_arguments, benchmark_parser, machine_description, median_seconds, print_table
+from common import (
+    apply_common_arguments,
+    benchmark_parser,
+    cpu_seconds,
+    machine_description,
+    median_seconds,
+    print_table,
+)
 from transformers import VisionTextDualEncoderConfig, VisionTextDualEncoderModel
 
 from configuration import VLPConfig
@@ -98,14 +104,10 @@ def cached_step(model: VLPModel, optimizer, micro_batches: list[dict], per_table
 
 
 def process_seconds(function) -> float:
-    """CPU seconds this process spends in `function()`: on a machine shared with other jobs, wall time measures
-    their load as much as ours, while with one torch thread (`--threads 1`) CPU time is the work done. On a GPU,
-    wall time (CUDA synchronised) is what counts."""
+    """CPU seconds of `function()` on CPU (`cpu_seconds`); on a GPU, wall time (CUDA synchronised) is what counts."""
     if torch.cuda.is_available():
         return median_seconds(function, 1, warmup=0)
-    start = time.process_time()
-    function()
-    return time.process_time() - start
+    return cpu_seconds(function)
 
 
 def paired_timings(baseline, ours, repeats: int) -> tuple[float, float, float]:

@@ -23,8 +23,6 @@ Usage:
     python benchmarks/bench_generation.py [--new-tokens 64] [--beams 4] [--encoder-length 64] [--threads 1]
 """
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +30,7 @@ import transformers
 from transformers import BartConfig, BartForConditionalGeneration, GenerationMixin, T5ForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from common import apply_common_arguments, benchmark_parser, machine_description, print_table
+from common import apply_common_arguments, benchmark_parser, interleaved_median_seconds, machine_description, print_table
 
 
 @dataclass
@@ -147,19 +145,6 @@ def build_decoders(quick: bool, batch: int, encoder_length: int) -> list[Decoder
         "T5", encoder_decoder_call(t5, batch, encoder_length, t5_config.d_model, "attention_mask"),
     ))
     return decoders
-
-
-def interleaved_median_seconds(calls: dict, repeats: int) -> dict:
-    """Median seconds of each call, the calls taking turns within every repeat after one warm-up round: on a shared
-    machine a slow minute then hits all of them alike, rather than whichever was being timed."""
-    timings = {label: [] for label in calls}
-    for round_number in range(repeats + 1):
-        for label, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if round_number:
-                timings[label].append(time.perf_counter() - start)
-    return {label: statistics.median(values) for label, values in timings.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from common import apply_common_arguments, benchmark_parser, machine_description, print_table
+from common import apply_common_arguments, benchmark_parser, cpu_seconds, machine_description, print_table
 
 from train.arguments import parse_arguments
 from train.runner import SeededRows, training_dataloader
@@ -35,12 +35,6 @@ def build(args, workers: int):
     model = task.build_model(train_set).train()
     task.processor = task.build_processor(model)
     return task, SeededRows(train_set, task.training_args.seed), model
-
-
-def cpu_seconds(function) -> float:
-    start = time.process_time()
-    function()
-    return time.process_time() - start
 
 
 def measure(args, workers: int) -> list:

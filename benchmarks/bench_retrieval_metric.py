@@ -25,7 +25,6 @@ import ctypes
 import ctypes.util
 import gc
 import math
-import statistics
 import time
 
 import numpy as np
@@ -34,6 +33,7 @@ import torch
 from common import (
     apply_common_arguments,
     benchmark_parser,
+    interleaved_median_seconds,
     machine_description,
     print_table,
 )
@@ -154,13 +154,11 @@ def main(argv: list[str] | None = None) -> None:
             seconds[path] = time.perf_counter() - start
             results[path] = outputs[0]
         if num_texts <= 20_000:  # the runs above were the warm-up (and the memory measurement)
-            timings = {path: [] for path in PATHS}
-            for _ in range(args.repeats):  # the paths take turns, so a busy moment of a shared machine hits all
-                for path in PATHS:
-                    start = time.perf_counter()
-                    run_path(path, metric, texts, image_index, images, args.chunk_size)
-                    timings[path].append(time.perf_counter() - start)
-            seconds = {path: statistics.median(values) for path, values in timings.items()}
+            calls = {
+                path: lambda path=path: run_path(path, metric, texts, image_index, images, args.chunk_size)
+                for path in PATHS
+            }
+            seconds = interleaved_median_seconds(calls, args.repeats, warmup_rounds=0)
         for path in PATHS[1:]:  # random float embeddings have no ties, so every path must agree on R@K
             for key, value in results["bare"].items():
                 assert math.isclose(results[path][key], value, abs_tol=1e-9), f"{path} {key} disagrees with bare"

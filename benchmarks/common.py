@@ -53,6 +53,28 @@ def median_seconds(function, repeats: int, warmup: int = 1) -> float:
     return statistics.median(timings)
 
 
+def interleaved_median_seconds(calls: dict, repeats: int, warmup_rounds: int = 1) -> dict:
+    """Median wall seconds of each of `calls` ({label: function}), the calls taking turns within every round after
+    `warmup_rounds` untimed ones: on a shared machine a slow minute then hits all of them alike, rather than
+    whichever was being timed."""
+    timings = {label: [] for label in calls}
+    for round_number in range(warmup_rounds + repeats):
+        for label, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_number >= warmup_rounds:
+                timings[label].append(time.perf_counter() - start)
+    return {label: statistics.median(values) for label, values in timings.items()}
+
+
+def cpu_seconds(function) -> float:
+    """CPU seconds this process spends in `function()`: on a machine shared with other jobs, wall time measures their
+    load as much as ours, while with one torch thread (`--threads 1`) CPU time is the work done."""
+    start = time.process_time()
+    function()
+    return time.process_time() - start
+
+
 def machine_description() -> str:
     """One line naming the machine, for the README's Performance section."""
     cpu = platform.processor() or platform.machine()
@@ -81,4 +103,12 @@ def print_table(title: str, headers: list[str], rows: list[list]) -> None:
         print("| " + " | ".join(cell(value) for value in row) + " |")
 
 
-__all__ = ["apply_common_arguments", "benchmark_parser", "machine_description", "median_seconds", "print_table"]
+__all__ = [
+    "apply_common_arguments",
+    "benchmark_parser",
+    "cpu_seconds",
+    "interleaved_median_seconds",
+    "machine_description",
+    "median_seconds",
+    "print_table",
+]
