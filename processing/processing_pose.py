@@ -55,6 +55,7 @@ def prepare_sequences(
     long_sequence_strategy: str = "sample",
     missing_keypoints: str = "error",
     normalize_keypoints: bool = True,
+    center_frame_features: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Turn per-clip arrays into padded tensors plus a frame mask.
 
@@ -65,6 +66,8 @@ def prepare_sequences(
             uniformly over the clip (no words are cut off), `"truncate"` keeps the first ones, `"error"` raises.
         missing_keypoints: `"error"` rejects NaN keypoints; `"mask"` zeroes them and masks out frames where every
             keypoint is missing.
+        center_frame_features: subtract each clip's mean feature vector over its frames, so what is constant
+            through a clip (the signer's appearance, lighting, the camera) drops out and the motion stays.
 
     Returns:
         `keypoints` `(batch, frames, K, C)` and/or `frame_features` `(batch, frames, F)` as float32, and
@@ -125,6 +128,8 @@ def prepare_sequences(
                     f"Sequence {index} has {present.shape[0]} keypoint frames but {features.shape[0]} feature frames."
                 )
             present = np.ones(features.shape[0], dtype=bool) if present is None else present
+            if center_frame_features:
+                features = features - features.mean(axis=0)
             clips_features.append(features)
         kept = _kept_frames(len(present), max_frames, long_sequence_strategy, index)
         clips_present.append(present[kept])
@@ -190,6 +195,7 @@ class SequenceSettingsMixin:
         long_sequence_strategy: str,
         missing_keypoints: str,
         normalize_keypoints: bool,
+        center_frame_features: bool = False,
     ) -> None:
         self.max_frames = max_frames
         self.num_keypoints = num_keypoints
@@ -198,6 +204,7 @@ class SequenceSettingsMixin:
         self.long_sequence_strategy = long_sequence_strategy
         self.missing_keypoints = missing_keypoints
         self.normalize_keypoints = normalize_keypoints
+        self.center_frame_features = center_frame_features
 
     def _prepare_sequences(self, keypoints, frame_features) -> dict[str, torch.Tensor]:
         return prepare_sequences(
@@ -210,6 +217,7 @@ class SequenceSettingsMixin:
             long_sequence_strategy=self.long_sequence_strategy,
             missing_keypoints=self.missing_keypoints,
             normalize_keypoints=self.normalize_keypoints,
+            center_frame_features=self.center_frame_features,
         )
 
 

@@ -28,6 +28,8 @@ class Sign2TextProcessor(SequenceSettingsMixin, ProcessorMixin):
         missing_keypoints (`str`, defaults to `"error"`): `"error"` rejects NaN keypoints; `"mask"` zeroes them and
             masks out frames where every keypoint is missing (a clip with no frame left is still an error).
         normalize_keypoints (`bool`, defaults to `True`): centre and scale each clip's keypoints.
+        center_frame_features (`bool`, defaults to `False`): subtract each clip's mean frame feature, removing what
+            stays constant through a clip (a signer's appearance, lighting) from the visual stream.
     """
 
     def __init__(
@@ -41,13 +43,15 @@ class Sign2TextProcessor(SequenceSettingsMixin, ProcessorMixin):
         long_sequence_strategy: str = "sample",
         missing_keypoints: str = "error",
         normalize_keypoints: bool = True,
+        center_frame_features: bool = False,
         **kwargs,
     ):
         if max_target_length < 2:
             raise ValueError(f"max_target_length must leave room for a word and [SEP], got {max_target_length}.")
         self.max_target_length = max_target_length
         self._set_sequence_settings(
-            max_frames, num_keypoints, keypoint_dim, feature_dim, long_sequence_strategy, missing_keypoints, normalize_keypoints
+            max_frames, num_keypoints, keypoint_dim, feature_dim, long_sequence_strategy, missing_keypoints, normalize_keypoints,
+            center_frame_features,
         )
         super().__init__(tokenizer, **kwargs)
 

@@ -42,6 +42,8 @@ class VLPProcessor(SequenceSettingsMixin, ProcessorMixin):
             for clips longer than `max_frames`.
         missing_keypoints (`str`, defaults to `"error"`): `"error"` or `"mask"` for NaN keypoints.
         normalize_keypoints (`bool`, defaults to `True`): centre and scale each clip's keypoints.
+        center_frame_features (`bool`, defaults to `False`): subtract each clip's mean frame feature, removing what
+            stays constant through a clip (a signer's appearance, lighting) from the visual stream.
     """
 
     def __init__(
@@ -56,11 +58,13 @@ class VLPProcessor(SequenceSettingsMixin, ProcessorMixin):
         long_sequence_strategy: str = "sample",
         missing_keypoints: str = "error",
         normalize_keypoints: bool = True,
+        center_frame_features: bool = False,
         **kwargs,
     ):
         self.max_text_length = max_text_length
         self._set_sequence_settings(
-            max_frames, num_keypoints, keypoint_dim, feature_dim, long_sequence_strategy, missing_keypoints, normalize_keypoints
+            max_frames, num_keypoints, keypoint_dim, feature_dim, long_sequence_strategy, missing_keypoints, normalize_keypoints,
+            center_frame_features,
         )
         super().__init__(image_processor, tokenizer, **kwargs)
 

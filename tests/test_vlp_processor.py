@@ -205,6 +205,19 @@ def test_normalize_keypoints_false_keeps_raw_coordinates(tokenizer):
     assert torch.equal(keypoints[0], torch.from_numpy(clip))
 
 
+def test_center_frame_features_removes_what_is_constant_through_a_clip(tokenizer):
+    """A signer's appearance adds the same vector to every frame: centred, two clips differing only by it are equal,
+    and the frame-to-frame motion is kept."""
+    motion = random_features(6)[0]
+    appearance = np.random.default_rng(2).standard_normal(8).astype(np.float32) * 5
+    centring = make_processor(tokenizer, center_frame_features=True)
+    plain, shifted = (centring(frame_features=[clip])["frame_features"][0] for clip in (motion, motion + appearance))
+    torch.testing.assert_close(plain, shifted, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain, torch.from_numpy(motion - motion.mean(0)), atol=1e-6, rtol=0)
+    uncentred = make_processor(tokenizer)(frame_features=[motion + appearance])["frame_features"][0]
+    assert torch.equal(uncentred, torch.from_numpy(motion + appearance))  # off by default: features pass unchanged
+
+
 @pytest.mark.parametrize(
     "shape", [(5, 21), (5, 20, 2), (5, 21, 3), (1, 5, 21, 2)], ids=["2d", "wrong-K", "wrong-C", "4d"]
 )
@@ -387,7 +400,8 @@ def test_no_input_raises(processor):
 
 def test_save_and_load_keep_every_setting_and_the_outputs(tokenizer, tmp_path):
     settings = dict(
-        max_text_length=12, long_sequence_strategy="truncate", missing_keypoints="mask", normalize_keypoints=False
+        max_text_length=12, long_sequence_strategy="truncate", missing_keypoints="mask", normalize_keypoints=False,
+        center_frame_features=True,
     )
     original = make_processor(tokenizer, **settings)
     original.save_pretrained(tmp_path)

@@ -127,6 +127,13 @@ class SequenceTowerArguments:
     sequence_layers: int = field(default=2, metadata={"help": "Layers of the sequence tower."})
     sequence_attention_heads: int = field(default=4, metadata={"help": "Attention heads of the sequence tower."})
     sequence_dropout: float = field(default=0.1, metadata={"help": "Dropout of the sequence tower."})
+    center_frame_features: bool = field(
+        default=False,
+        metadata={
+            "help": "Processor: subtract each clip's mean frame feature, so what is constant through a clip (the "
+            "signer's appearance, lighting) drops out of the visual stream. Saved with the processor."
+        },
+    )
 
     def sequence_config(self, data_shapes: dict[str, int]) -> SequenceEncoderConfig:
         """The tower's config: sizes from these flags, input shapes (`clip_shapes` of the training set) from the data."""

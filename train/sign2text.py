@@ -267,6 +267,7 @@ class Sign2TextTask(Task):
             tokenizer=load_tokenizer(self.model_args.text_model_name_or_path),
             max_target_length=model.config.max_target_length,
             missing_keypoints="mask",  # augmentation marks dropped keypoints as missing
+            center_frame_features=self.tower_args.center_frame_features,
             **processor_sequence_settings(model.config.sequence_config),
         )
 

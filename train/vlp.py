@@ -172,6 +172,7 @@ class VLPTask(Task):
         return VLPProcessor(
             image_processor=load_image_processor(self.model_args.vision_model_name_or_path, self.model_args.image_size),
             tokenizer=load_tokenizer(self.model_args.text_model_name_or_path),
+            center_frame_features=self.sequence_args.center_frame_features,
             **processor_sequence_settings(model.config.sequence_config),
         )
 
