@@ -76,6 +76,8 @@ class ModelArguments:
         },
     )
     vocab_size: int = field(default=1024, metadata={"help": "Offline tokenizer: at most this many Unigram pieces."})
+    text_hidden_size: int = field(default=128, metadata={"help": "T5 from scratch: width d_model (d_ff is 4×, heads of 32)."})
+    text_layers: int = field(default=2, metadata={"help": "T5 from scratch: encoder layers, and as many decoder layers."})
     image_size: int = field(default=48, metadata={"help": "Tiny vision tower: input resolution."})
     patch_size: int = field(default=16, metadata={"help": "Tiny vision tower: patch size (48/16: one patch per scene cell)."})
     vision_hidden_size: int = field(default=128, metadata={"help": "Tiny vision tower: width."})
@@ -253,7 +255,14 @@ class MMCoTTask(Task):
             )
         else:
             special = {"vocab_size": len(self.tokenizer), "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0}
-            text_config = {**TINY_T5_DEFAULTS, **special}
+            size = {
+                "d_model": args.text_hidden_size,
+                "d_ff": 4 * args.text_hidden_size,
+                "num_heads": max(1, args.text_hidden_size // TINY_T5_DEFAULTS["d_kv"]),
+                "num_layers": args.text_layers,
+                "num_decoder_layers": args.text_layers,
+            }
+            text_config = {**TINY_T5_DEFAULTS, **size, **special}
             model = MMCoTForConditionalGeneration.from_pretrained_backbones(
                 None,
                 None if self.features is not None else args.vision_model_name_or_path,
