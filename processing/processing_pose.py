@@ -25,15 +25,22 @@ def _kept_frames(num_frames: int, max_frames: int, strategy: str, index: int) ->
             f"Sequence {index} has {num_frames} frames but max_frames is {max_frames}; raise max_frames or use "
             "long_sequence_strategy='sample' or 'truncate'."
         )
-    warnings.warn(
-        f"Sequence {index} has {num_frames} frames > max_frames={max_frames}; "
-        f"{'resampling it uniformly' if strategy == 'sample' else 'keeping the first frames'}.",
-        LongClipWarning,
-        stacklevel=3,
-    )
     if strategy == "truncate":
         return np.arange(max_frames)
     return np.linspace(0, num_frames - 1, max_frames).round().astype(int)
+
+
+def _warn_long_clips(lengths: dict[int, int], max_frames: int, strategy: str) -> None:
+    """One warning per batch, naming every clip that was shortened, rather than one per clip."""
+    if len(lengths) == 1:
+        ((index, frames),) = lengths.items()
+        what = f"Sequence {index} has {frames} frames > max_frames={max_frames}; "
+        action = "resampling it uniformly" if strategy == "sample" else "keeping the first frames"
+    else:
+        listed = ", ".join(f"{index} ({frames})" for index, frames in lengths.items())
+        what = f"{len(lengths)} sequences have more frames than max_frames={max_frames}: {listed}; "
+        action = "resampling them uniformly" if strategy == "sample" else "keeping their first frames"
+    warnings.warn(what + action + ".", LongClipWarning, stacklevel=3)
 
 
 def _normalise_keypoints(keypoints: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -85,7 +92,7 @@ def prepare_sequences(
     if batch_size == 0:
         raise ValueError("Got an empty batch of sequences.")
 
-    clips_keypoints, clips_features, clips_present = [], [], []
+    clips_keypoints, clips_features, clips_present, long_clips = [], [], [], {}
     for index in range(batch_size):
         present = None
         if keypoints is not None:
@@ -132,11 +139,15 @@ def prepare_sequences(
                 features = features - features.mean(axis=0)
             clips_features.append(features)
         kept = _kept_frames(len(present), max_frames, long_sequence_strategy, index)
+        if len(present) > max_frames:
+            long_clips[index] = len(present)
         clips_present.append(present[kept])
         for clips in (clips_keypoints, clips_features):
             if len(clips) == index + 1:
                 clips[index] = clips[index][kept]
 
+    if long_clips:
+        _warn_long_clips(long_clips, max_frames, long_sequence_strategy)
     num_frames = max(len(present) for present in clips_present)
     batch = {"frame_mask": torch.zeros(batch_size, num_frames, dtype=torch.long)}
     for index, present in enumerate(clips_present):

@@ -313,13 +313,16 @@ def test_error_strategy_raises_naming_frame_count_and_max_frames(tokenizer):
         strict(keypoints=random_clips(16, 17))
 
 
-@pytest.mark.parametrize("strategy", ["sample", "truncate"])
-def test_exactly_one_warning_per_long_clip(tokenizer, strategy):
+@pytest.mark.parametrize(
+    "strategy, action", [("sample", "resampling them uniformly"), ("truncate", "keeping their first frames")]
+)
+def test_one_warning_per_batch_names_every_long_clip(tokenizer, strategy, action):
+    """A pipeline or demo that resamples most clips to the model's frame budget says so once per call, not per clip."""
     processor = make_processor(tokenizer, long_sequence_strategy=strategy)
     batch, messages = caught_warnings(
         lambda: processor(keypoints=random_clips(40, 3, 20, 16), frame_features=random_features(40, 3, 20, 16))
     )
-    assert [message.split(" frames")[0] for message in messages] == ["Sequence 0 has 40", "Sequence 2 has 20"]
+    assert messages == [f"2 sequences have more frames than max_frames=16: 0 (40), 2 (20); {action}."]
     assert batch["frame_mask"].sum(1).tolist() == [16, 3, 16, 16]
 
 
