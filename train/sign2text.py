@@ -349,10 +349,11 @@ class Sign2TextTask(Task):
             return None
         self._count_long_clips(examples)
         if self.long_clips.value:
-            logger.warning(
+            # Information, not a fault: resampling long clips to the tower's frame budget is the designed behaviour.
+            logger.info(
                 "%d clips (training views this process collated, and the held-out clips) were longer than "
                 "--max_frames %d (the longest had %d frames) and were resampled to it; raise --max_frames to keep "
-                "every frame.",
+                "every frame, at a higher cost per step.",
                 self.long_clips.value, self.model_config.sequence_config.max_frames, self.longest_clip.value,
             )  # fmt: skip
         references = [example["sentence"] for example in examples]
