@@ -2,7 +2,7 @@
 
     accelerate launch train/sign2text.py                      # embedded continuous signing, ~15 min on 2 CPU cores
     accelerate launch train/sign2text.py --clip_weight 0 --supcon_weight 0   # ablation: no contrastive terms
-    accelerate launch train/sign2text.py --ctc_weight 1       # joint CTC/attention (worse in the 250-step default)
+    accelerate launch train/sign2text.py --ctc_weight 1       # joint CTC/attention (worse on the embedded data)
     accelerate launch train/sign2text.py --init_encoder_from outputs/vlp-signs/final   # phase 1 → phase 2
 
 Held-out report, per split (seen sentences, unseen sentences, unseen signers; the headline is unseen sentences):
@@ -78,7 +78,7 @@ class ModelArguments:
     memory_size: int = field(default=0, metadata={"help": "Past clip embeddings kept as extra SupCon candidates (MoCo-style queue; 0: off)."})
     ctc_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of the CTC loss of a gloss head on the encoder (joint CTC/attention; 0: off, the default: at 1.0 the 250-step run was worse on every split)."},
+        metadata={"help": "Weight of the CTC loss of a gloss head on the encoder (joint CTC/attention; 0: off, the default: at 1.0 the 250- and 400-step runs were worse on every split)."},
     )
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the generation loss (0: off)."})
     num_beams: int = field(default=1, metadata={"help": "Beam size for the held-out generations (1: greedy)."})
