@@ -193,7 +193,6 @@ def run(task_class: type[Task], argv: list[str] | None = None) -> Path:
     dataloader = training_dataloader(task, rows, args)
     optimizer, scheduler = create_optimizer_and_scheduler(model, args)
     model, optimizer, dataloader, scheduler = accelerator.prepare(model, optimizer, dataloader, scheduler)
-    k = args.gradient_accumulation_steps
     if len(dataloader) < k:
         raise ValueError(
             f"The training set gives {len(dataloader)} micro-batches per epoch and process, fewer than "
