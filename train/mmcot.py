@@ -83,7 +83,7 @@ class ModelArguments:
     vision_hidden_size: int = field(default=128, metadata={"help": "Tiny vision tower: width."})
     vision_layers: int = field(default=2, metadata={"help": "Tiny vision tower: layers."})
     stage_weights: str = field(
-        default="2,1,1",
+        default="2,2,1",
         metadata={"help": "Relative shares of the rationale, answer and direct prompts among training micro-batches."},
     )
     num_beams: int = field(default=1, metadata={"help": "Beam size of both stages in the held-out evaluation (1: greedy)."})
