@@ -81,7 +81,7 @@ def vlp_data(args):
             "--vlp; the quality figures need real embeddings."
         )
     else:
-        model = RagCaptionerModel.from_vlp(args.vlp).eval()
+        model = RagCaptionerModel.from_dual_encoder(args.vlp).eval()
         image_processor = AutoImageProcessor.from_pretrained(args.vlp)
     image_size = model.config.retriever_config.vision_config.image_size
     dataset = make_shapes_dataset(args.quality_images, seed=0, image_size=image_size)

@@ -1,6 +1,6 @@
 """Configuration of the RAG captioner (a frozen VLP retriever, a faiss caption datastore, a cross-attending decoder)."""
 
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_vlp import VLPConfig
@@ -49,6 +49,37 @@ class RetrieverVLPConfig(VLPConfig):
     }
 
 
+class RetrieverConfigSpec(SubConfigSpec):
+    """The retriever is the project's VLP dual encoder or a transformers CLIP model: a saved config with
+    `model_type: "clip"` becomes a [`CLIPConfig`], anything else a [`RetrieverVLPConfig`]."""
+
+    def create_subconfig(self, key, subconfig=None, **kwargs):
+        if isinstance(subconfig, dict) and subconfig.get("model_type") == CLIPConfig.model_type:
+            return CLIPConfig(**subconfig), kwargs
+        return super().create_subconfig(key, subconfig, **kwargs)
+
+
+def retriever_matryoshka_dims(retriever_config: PreTrainedConfig) -> list[int]:
+    """The embedding prefixes the retriever was trained to use alone: a VLP model's `matryoshka_dims`; a CLIP model
+    only has its full `projection_dim`."""
+    return list(getattr(retriever_config, "matryoshka_dims", None) or [retriever_config.projection_dim])
+
+
+def load_retriever_config(retriever_model_name_or_path) -> VLPConfig | CLIPConfig:
+    """The config of the dual encoder in a folder or Hub id: a transformers CLIP checkpoint or this project's VLP model;
+    anything else is refused, naming what is supported."""
+    config_dict, _ = PreTrainedConfig.get_config_dict(retriever_model_name_or_path)
+    model_type = config_dict.get("model_type")
+    if model_type == CLIPConfig.model_type:
+        return CLIPConfig.from_pretrained(retriever_model_name_or_path)
+    if model_type != VLPConfig.model_type:
+        raise ValueError(
+            f"{retriever_model_name_or_path} holds a {model_type!r} model; the retriever must be this project's VLP "
+            "dual encoder or a transformers CLIP checkpoint (e.g. openai/clip-vit-base-patch32)."
+        )
+    return VLPConfig.from_pretrained(retriever_model_name_or_path)
+
+
 # A small GPT-2 with cross-attention over the project's uncased WordPiece vocabulary ([PAD]=0, [CLS]=101, [SEP]=102).
 TINY_DECODER_DEFAULTS = {
     "vocab_size": 30522,
@@ -66,14 +97,17 @@ TINY_DECODER_DEFAULTS = {
 
 class RagCaptionerConfig(PreTrainedConfig):
     r"""
-    A retrieval-augmented captioner. The project's VLP dual encoder, frozen, is the retriever: its text tower embeds
-    the caption datastore into a faiss index, its image tower embeds the query image, and the nearest captions are
-    fed to a causal language model that cross-attends to the same image tower's token states.
+    A retrieval-augmented captioner. A frozen dual encoder is the retriever (the project's VLP model, or a
+    transformers CLIP model): its text tower embeds the caption datastore into a faiss index, its image tower embeds
+    the query image, and the nearest captions are fed to a causal language model that cross-attends to the same image
+    tower's token states.
 
     Args:
-        retriever_config (`dict` or [`VLPConfig`], *optional*):
-            The VLP dual encoder (it must have an image tower). Defaults to the tiny one the default VLP run trains;
-            real runs take the config of the trained checkpoint they load.
+        retriever_config (`dict`, [`VLPConfig`] or [`CLIPConfig`], *optional*):
+            The VLP dual encoder (it must have an image tower), or a transformers CLIP model used as it was
+            pretrained (SmallCap's retriever: e.g. `openai/clip-vit-base-patch32`, its CLS embedding searching its
+            text embeddings). Defaults to the tiny VLP model the default VLP run trains; real runs take the config of
+            the checkpoint they load.
         decoder_config (`dict` or `PreTrainedConfig`, *optional*):
             Any transformers causal LM that supports `add_cross_attention` (GPT-2 by default, BERT, RoBERTa, ...).
             Defaults to a 3-layer, 256-wide GPT-2 over the uncased WordPiece vocabulary, small enough to train on two
@@ -106,7 +140,7 @@ class RagCaptionerConfig(PreTrainedConfig):
             Matryoshka search: the index searches the first `search_dim` coordinates (re-normalised) of the
             embeddings, and the `refine_factor × k` best candidates are re-scored exactly at full dimension
             (faiss `IndexRefineFlat`). Must be one of the retriever's `matryoshka_dims`, the prefixes it was trained
-            to use alone. `None` searches at full dimension.
+            to use alone (a CLIP retriever has none). `None` searches at full dimension.
         refine_factor (`int`, defaults to 8):
             With `search_dim`, candidates re-scored per retrieved caption. Re-ranking recovers the exact full-dim
             top-k whenever those captions are among the prefix search's `refine_factor × k` best.
@@ -148,7 +182,7 @@ class RagCaptionerConfig(PreTrainedConfig):
 
     model_type = "rag_captioner"
     sub_configs_defaults = {
-        "retriever_config": SubConfigSpec(RetrieverVLPConfig, init_kwargs=TINY_RETRIEVER_DEFAULTS),
+        "retriever_config": RetrieverConfigSpec(RetrieverVLPConfig, init_kwargs=TINY_RETRIEVER_DEFAULTS),
         "decoder_config": SubConfigSpec(AutoConfig, model_type="gpt2", init_kwargs=TINY_DECODER_DEFAULTS),
     }
 
@@ -177,7 +211,7 @@ class RagCaptionerConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.retriever_config.vision_config is None:
             raise ValueError("retriever_config has no image tower (vision_config is None); the captioner needs one.")
-        if type(self.retriever_config) is not RetrieverVLPConfig:  # e.g. the config of a loaded VLPModel
+        if not isinstance(self.retriever_config, (RetrieverVLPConfig, CLIPConfig)):  # e.g. a loaded VLPModel's config
             self.retriever_config = RetrieverVLPConfig.from_dict(self.retriever_config.to_dict())
         self.decoder_config.add_cross_attention = True
         for name, value, allowed in (
@@ -199,10 +233,11 @@ class RagCaptionerConfig(PreTrainedConfig):
             )
         if self.retriever_lambda < 0:
             raise ValueError(f"retriever_lambda must be non-negative, got {self.retriever_lambda}.")
-        if self.search_dim is not None and self.search_dim not in self.retriever_config.matryoshka_dims:
+        trained_dims = retriever_matryoshka_dims(self.retriever_config)
+        if self.search_dim is not None and self.search_dim not in trained_dims:
             raise ValueError(
-                f"search_dim {self.search_dim} is not one of the retriever's trained Matryoshka dims "
-                f"{self.retriever_config.matryoshka_dims}; an untrained prefix retrieves noise."
+                f"search_dim {self.search_dim} is not one of the retriever's trained Matryoshka dims {trained_dims}; "
+                "an untrained prefix retrieves noise."
             )
         for name in ("index_file_name", "datastore_file_name", "retriever_tokenizer_folder", "decoder_tokenizer_folder"):
             value = getattr(self, name)
@@ -214,4 +249,4 @@ class RagCaptionerConfig(PreTrainedConfig):
         return self.decoder_config
 
 
-__all__ = ["RagCaptionerConfig", "RetrieverVLPConfig"]
+__all__ = ["RagCaptionerConfig", "RetrieverVLPConfig", "load_retriever_config", "retriever_matryoshka_dims"]

@@ -1,7 +1,8 @@
-"""RAG captioner: a frozen VLP dual encoder retrieves captions of similar images from a faiss datastore, and a causal
-language model with cross-attention writes the caption from the image and the retrieved captions.
+"""RAG captioner: a frozen dual encoder (the project's VLP model or a CLIP checkpoint) retrieves captions of similar
+images from a faiss datastore, and a causal language model with cross-attention writes the caption from the image and
+the retrieved captions.
 
-The VLP model serves twice, frozen: its text tower embeds the datastore, its image tower embeds the query image for
+The dual encoder serves twice, frozen: its text tower embeds the datastore, its image tower embeds the query image for
 the search and gives the token states the decoder cross-attends to. Two fusions:
 
 - `"concat"`: the retrieved captions' VLP embeddings are projected, scaled by a learnable factor and appended to the
@@ -21,12 +22,21 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
-from configuration.configuration_rag_captioner import RagCaptionerConfig
+from configuration.configuration_rag_captioner import RagCaptionerConfig, load_retriever_config
 from processing.pipeline_rag_captioner import RagCaptioningPipeline
 from processing.processing_rag_captioner import decoder_special_ids, encode_decoder_inputs
 from .modeling_freezing import FreezeAfterLoadingMixin
@@ -107,7 +117,8 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
         retriever_tokenizer: the VLP text tower's tokenizer, used to embed captions (`build`, `add`, oracle inputs).
         decoder_tokenizer: the decoder's tokenizer, used by the `"prompt"` fusion to write retrieved captions into
             its prompt during `generate`.
-    Both tokenizers are set with `set_tokenizers` (or by `from_vlp`) and saved in sub-folders of the model folder.
+    Both tokenizers are set with `set_tokenizers` (or by `from_dual_encoder`) and saved in sub-folders of the model
+    folder.
     """
 
     # `hub.save_for_hub` registers these besides AutoModel: transformers files its own captioners (BLIP, GIT) there.
@@ -116,7 +127,8 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
 
     def __init__(self, config: RagCaptionerConfig):
         super().__init__(config)
-        self.vlp = VLPModel(config.retriever_config)
+        retriever_config = config.retriever_config
+        self.vlp = (CLIPModel if isinstance(retriever_config, CLIPConfig) else VLPModel)(retriever_config)
         self.decoder = AutoModelForCausalLM.from_config(config.decoder_config)
         width = config.decoder_config.hidden_size
         vision_width = config.retriever_config.vision_config.hidden_size
@@ -159,7 +171,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
     # ------------------------------------------------------------------------------------------------ construction
 
     @classmethod
-    def from_vlp(
+    def from_dual_encoder(
         cls,
         retriever_model_name_or_path: str | os.PathLike,
         *,
@@ -170,10 +182,11 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
         **config_kwargs,
     ) -> "RagCaptionerModel":
         """
-        A new captioner around a trained VLP dual encoder (a folder written by `hub.save_for_hub`, or a Hub id).
+        A new captioner around a trained dual encoder: a VLP folder written by `hub.save_for_hub`, or a transformers
+        CLIP checkpoint (folder or Hub id, e.g. `openai/clip-vit-base-patch32`), as SmallCap retrieves with CLIP.
 
         Args:
-            retriever_model_name_or_path: the VLP checkpoint. Its folder's tokenizer becomes `retriever_tokenizer`
+            retriever_model_name_or_path: the dual encoder. Its folder's tokenizer becomes `retriever_tokenizer`
                 unless one is given.
             decoder_model_name_or_path: warm-start the decoder from this causal LM (e.g. `gpt2`); cross-attention
                 layers are added, newly initialised. Its tokenizer becomes `decoder_tokenizer` unless one is given.
@@ -183,7 +196,8 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
                 scratch (the default config uses the same uncased WordPiece vocabulary).
             config_kwargs: further `RagCaptionerConfig` fields (fusion, num_retrieved, index_factory, ...).
         """
-        vlp = VLPModel.from_pretrained(retriever_model_name_or_path)
+        is_clip = isinstance(load_retriever_config(retriever_model_name_or_path), CLIPConfig)
+        vlp = (CLIPModel if is_clip else VLPModel).from_pretrained(retriever_model_name_or_path)
         # The tokenizer is a transformers class named in tokenizer_config.json. An empty config keeps AutoTokenizer from
         # reading the folder's config, whose model type only the folder's remote code knows.
         retriever_tokenizer = retriever_tokenizer or AutoTokenizer.from_pretrained(
@@ -238,17 +252,22 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             return self.vlp.vision_model(pixel_values=pixel_values).last_hidden_state
 
     def get_image_embeddings(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised VLP image embeddings `(batch, projection_dim)` from `image_tokens`: `VLPModel.get_visual_features`
-        for images, reusing the tower's states instead of running it a second time."""
+        """Normalised image embeddings `(batch, projection_dim)` from `image_tokens`, reusing the tower's states
+        instead of running it a second time: `VLPModel.get_visual_features` for images, or CLIP's
+        `get_image_features` (the class token after the tower's final norm, projected)."""
         vlp = self.vlp
         with torch.no_grad():
-            mask = image_tokens.new_ones(image_tokens.shape[:2], dtype=torch.bool)
-            pooled = vlp.pooling(vlp.vision_token_projection(image_tokens), mask)
+            if isinstance(vlp, CLIPModel):
+                pooled = vlp.vision_model.post_layernorm(image_tokens[:, 0])
+            else:
+                mask = image_tokens.new_ones(image_tokens.shape[:2], dtype=torch.bool)
+                pooled = vlp.pooling(vlp.vision_token_projection(image_tokens), mask)
             return nn.functional.normalize(vlp.visual_projection(pooled), dim=-1)
 
     @torch.no_grad()
     def embed_captions(self, captions: list[str]) -> torch.Tensor:
-        """Normalised VLP text embeddings `(len(captions), projection_dim)`, the vectors the datastore indexes."""
+        """Normalised text embeddings `(len(captions), projection_dim)` of the retriever, the vectors the datastore
+        indexes."""
         if self.retriever_tokenizer is None:
             raise ValueError("No retriever_tokenizer; attach the VLP text tower's tokenizer with model.set_tokenizers.")
         text_config = self.config.retriever_config.text_config
@@ -261,6 +280,8 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
             return_tensors="pt",
         ).to(self.device)
         features = self.vlp.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        if isinstance(self.vlp, CLIPModel):  # transformers returns the projected embedding as the pooled output
+            features = features.pooler_output
         return nn.functional.normalize(features, dim=-1)
 
     def retrieve(self, pixel_values: torch.Tensor, k: int | None = None, exclude=None) -> RetrievedCaptions:
@@ -514,7 +535,7 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
         ):
             subfolder = "/".join(part for part in (hub_kwargs.get("subfolder", ""), folder) if part)
             try:
-                tokenizers[name] = AutoTokenizer.from_pretrained(  # an empty config: see `from_vlp`
+                tokenizers[name] = AutoTokenizer.from_pretrained(  # an empty config: see `from_dual_encoder`
                     pretrained_model_name_or_path, config=PreTrainedConfig(), **(hub_kwargs | {"subfolder": subfolder})
                 )
             except OSError:  # saved without this tokenizer: the operations that need it say so

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import GenerationMixin, GPT2Config, GPT2LMHeadModel
+from transformers import CLIPConfig, CLIPModel, GenerationMixin, GPT2Config, GPT2LMHeadModel
 
 from conftest import tiny_vlp_config
 from configuration import RagCaptionerConfig, VLPConfig
@@ -378,11 +378,11 @@ def test_push_from_save_pretrained_is_redirected_to_the_one_commit_push(trained,
         trained.save_pretrained(tmp_path, push_to_hub=True)
 
 
-def test_from_vlp_wraps_a_saved_dual_encoder(tokenizer, tmp_path):
+def test_from_dual_encoder_wraps_a_saved_dual_encoder(tokenizer, tmp_path):
     vlp = VLPModel(tiny_vlp_config(sequence_config=None, text_config=tiny_text_config(vocab_size=30522, hidden_size=32, num_layers=1)))
     folder = save_for_hub(vlp, VLPProcessor(load_image_processor(None, IMAGE_SIZE), tokenizer), tmp_path / "vlp")
     decoder_config = tiny_config().decoder_config
-    model = RagCaptionerModel.from_vlp(folder, decoder_config=decoder_config, fusion="prompt", num_retrieved=2)
+    model = RagCaptionerModel.from_dual_encoder(folder, decoder_config=decoder_config, fusion="prompt", num_retrieved=2)
     assert model.config.fusion == "prompt" and model.config.num_retrieved == 2
     for name, value in vlp.state_dict().items():
         assert torch.equal(model.vlp.state_dict()[name], value), name
@@ -390,7 +390,7 @@ def test_from_vlp_wraps_a_saved_dual_encoder(tokenizer, tmp_path):
     assert not any(p.requires_grad for p in model.vlp.parameters())
 
 
-def test_from_vlp_warm_starts_the_decoder_from_a_causal_lm(tokenizer, tmp_path):
+def test_from_dual_encoder_warm_starts_the_decoder_from_a_causal_lm(tokenizer, tmp_path):
     """A pretrained GPT-2 (here a tiny one saved locally, as `gpt2` from the Hub) keeps its weights and gains
     freshly initialised cross-attention; its folder's tokenizer becomes the decoder's."""
     vlp = VLPModel(tiny_vlp_config(sequence_config=None, text_config=tiny_text_config(vocab_size=30522, hidden_size=32, num_layers=1)))
@@ -398,7 +398,7 @@ def test_from_vlp_warm_starts_the_decoder_from_a_causal_lm(tokenizer, tmp_path):
     pretrained = GPT2LMHeadModel(GPT2Config(vocab_size=30522, n_positions=64, n_embd=32, n_layer=2, n_head=2))
     pretrained.save_pretrained(tmp_path / "gpt2")
     tokenizer.save_pretrained(tmp_path / "gpt2")
-    model = RagCaptionerModel.from_vlp(vlp_folder, decoder_model_name_or_path=str(tmp_path / "gpt2"))
+    model = RagCaptionerModel.from_dual_encoder(vlp_folder, decoder_model_name_or_path=str(tmp_path / "gpt2"))
     decoder = model.decoder.transformer
     assert torch.equal(decoder.wte.weight, pretrained.transformer.wte.weight)
     assert torch.equal(decoder.h[1].attn.c_attn.weight, pretrained.transformer.h[1].attn.c_attn.weight)
@@ -406,6 +406,60 @@ def test_from_vlp_warm_starts_the_decoder_from_a_causal_lm(tokenizer, tmp_path):
     assert not any(p.requires_grad for p in decoder.h[0].parameters()) and decoder.h[1].crossattention.c_attn.weight.requires_grad
     assert (model.config.decoder_config.bos_token_id, model.config.decoder_config.eos_token_id) == (101, 102)
     assert model.decoder_tokenizer.vocab == tokenizer.vocab
+
+
+def tiny_clip_folder(tokenizer, folder) -> CLIPModel:
+    """A tiny CLIP checkpoint saved as one from the Hub is (weights, config, tokenizer, image processor), so the
+    captioner loads it through the same `from_pretrained` calls as `openai/clip-vit-base-patch32`."""
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=2, max_position_embeddings=64, bos_token_id=101, eos_token_id=102,
+                             pad_token_id=0),
+            vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=1, num_attention_heads=2),
+            projection_dim=16,
+        )
+    ).eval()
+    clip.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    load_image_processor(None, IMAGE_SIZE).save_pretrained(folder)
+    return clip
+
+
+def test_a_clip_checkpoint_is_a_retriever_as_it_was_pretrained(tokenizer, datastore, pixel_values, tmp_path):
+    """SmallCap retrieves with CLIP itself: the datastore holds CLIP's text embeddings, the query is CLIP's image
+    embedding, the decoder reads CLIP's vision tokens, and the saved captioner reloads as it was."""
+    clip = tiny_clip_folder(tokenizer, tmp_path / "clip")
+    model = RagCaptionerModel.from_dual_encoder(tmp_path / "clip", decoder_config=tiny_config().decoder_config).eval()
+    assert isinstance(model.config.retriever_config, CLIPConfig) and model.config.retriever_config.projection_dim == 16
+    assert not any(p.requires_grad for p in model.vlp.parameters())
+    for name, value in clip.state_dict().items():
+        assert torch.equal(model.vlp.state_dict()[name], value), name
+    image_embeddings = model.get_image_embeddings(model.get_image_tokens(pixel_values))
+    expected = torch.nn.functional.normalize(clip.get_image_features(pixel_values=pixel_values).pooler_output, dim=-1)
+    torch.testing.assert_close(image_embeddings, expected)
+    captions = datastore["captions"][:3]
+    text = tokenizer(captions, padding=True, return_token_type_ids=False, return_tensors="pt")
+    expected = torch.nn.functional.normalize(clip.get_text_features(**text).pooler_output, dim=-1)
+    torch.testing.assert_close(model.embed_captions(captions), expected)
+
+    model.retriever.build(datastore["captions"], batch_size=16, show_progress=False)
+    assert model.retriever.dim == 16
+    sequences = model.generate(pixel_values=pixel_values)
+    model.save_pretrained(tmp_path / "captioner")
+    reloaded = RagCaptionerModel.from_pretrained(tmp_path / "captioner").eval()
+    assert isinstance(reloaded.config.retriever_config, CLIPConfig) and isinstance(reloaded.vlp, CLIPModel)
+    np.testing.assert_array_equal(reloaded.retrieve(pixel_values).ids, model.retrieve(pixel_values).ids)
+    assert torch.equal(reloaded.generate(pixel_values=pixel_values), sequences)
+    with pytest.raises(ValueError, match=r"search_dim 8 is not one of the retriever's trained Matryoshka dims \[16\]"):
+        RagCaptionerModel.from_dual_encoder(tmp_path / "clip", decoder_config=model.config.decoder_config, search_dim=8)
+
+
+def test_a_retriever_that_is_neither_vlp_nor_clip_is_refused_by_name(tmp_path):
+    GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="holds a 'gpt2' model; the retriever must be this project's VLP dual encoder"):
+        RagCaptionerModel.from_dual_encoder(tmp_path)
 
 
 LOAD_SCRIPT = """
@@ -452,6 +506,22 @@ def test_hub_folder_captions_with_retrieval_in_a_fresh_process(trained, processo
     assert loaded["captions"] and all(loaded["captions"])
     size = len(trained.retriever)
     assert loaded["new_ids"] == [size] and loaded["datastore_size"] == size + 1
+
+
+def test_hub_folder_with_a_clip_retriever_loads_in_a_fresh_process(
+    tokenizer, processor, shapes, datastore, pixel_values, tmp_path
+):
+    tiny_clip_folder(tokenizer, tmp_path / "clip")
+    model = RagCaptionerModel.from_dual_encoder(tmp_path / "clip", decoder_config=tiny_config().decoder_config).eval()
+    model.retriever.build(datastore["captions"], batch_size=16, show_progress=False)
+    checkpoint = save_for_hub(model, processor, tmp_path / "rag")
+    images_path, output_path = tmp_path / "images.npy", tmp_path / "outputs.pt"
+    np.save(images_path, np.stack([np.asarray(image) for image in shapes["image"]]))
+    run_outside_project(LOAD_SCRIPT, [checkpoint, images_path, output_path], tmp_path)
+    loaded = torch.load(output_path, weights_only=False)
+    assert torch.equal(loaded["sequences"], model.generate(pixel_values=pixel_values, num_beams=2))
+    np.testing.assert_array_equal(loaded["retrieved_ids"], model.retrieve(pixel_values).ids)
+    assert loaded["datastore_size"] == len(model.retriever) + 1
 
 
 # ----------------------------------------------------------------------------------------------------- LoRA

@@ -1,10 +1,13 @@
-"""Train the RAG captioner: a frozen VLP retriever, a faiss datastore of training captions, a decoder that writes the
-caption from the image and the retrieved captions. Evaluates with ablations, saves a Hub-ready folder with its index.
+"""Train the RAG captioner: a frozen dual-encoder retriever (this project's VLP model or a CLIP checkpoint), a faiss
+datastore of training captions, a decoder that writes the caption from the image and the retrieved captions.
+Evaluates with ablations, saves a Hub-ready folder with its index.
 
     accelerate launch train/rag_captioner.py                      # embedded shapes data; trains the VLP retriever first if missing
     accelerate launch train/rag_captioner.py --fusion prompt      # retrieved captions as a text prompt (SmallCap)
     accelerate launch train/rag_captioner.py --dataset coco --coco_annotation_file dataset_coco.json \\
         --coco_image_root coco/ --retriever_model_name_or_path outputs/vlp-coco/final
+    accelerate launch train/rag_captioner.py --dataset coco --coco_annotation_file dataset_coco.json \\
+        --coco_image_root coco/ --retriever_model_name_or_path openai/clip-vit-base-patch32  # CLIP retrieves
     accelerate launch train/rag_captioner.py --help               # every argument
 
 Before training, the datastore (every training caption) is embedded by the retriever's text tower into the model's
@@ -33,8 +36,7 @@ from accelerate.utils import broadcast_object_list, parse_flag_from_env
 from peft import PeftModel
 from transformers import AutoImageProcessor, BertTokenizer, GPT2Config
 
-from configuration import VLPConfig
-from configuration.configuration_rag_captioner import TINY_DECODER_DEFAULTS
+from configuration.configuration_rag_captioner import TINY_DECODER_DEFAULTS, load_retriever_config
 from data.coco_karpathy import load_coco_karpathy
 from data.synthetic_shapes import make_shapes_splits
 from hub import pipeline_card_fields
@@ -65,8 +67,10 @@ class ModelArguments:
     retriever_model_name_or_path: str = field(
         default=DEFAULT_RETRIEVER,
         metadata={
-            "help": "The VLP dual encoder (folder or Hub id) that embeds the datastore and the images. A missing local "
-            "folder named 'final' is first trained with train/vlp.py's defaults on the same data (see --train_retriever_args)."
+            "help": "The dual encoder (folder or Hub id) that embeds the datastore and the images: a VLP model of "
+            "this project or a transformers CLIP checkpoint (e.g. openai/clip-vit-base-patch32). A missing local "
+            "folder named 'final' is first trained with train/vlp.py's defaults on the same data (see "
+            "--train_retriever_args)."
         },
     )
     train_retriever_args: str = field(
@@ -175,7 +179,7 @@ class RagCaptionerTask(Task):
         """Image–captions rows; synthetic images are drawn at the retriever's input size."""
         data = self.data_args
         if data.dataset == "synthetic":
-            image_size = VLPConfig.from_pretrained(self.model_args.retriever_model_name_or_path).vision_config.image_size
+            image_size = load_retriever_config(self.model_args.retriever_model_name_or_path).vision_config.image_size
             splits = make_shapes_splits(data.num_train, data.num_eval, seed=data.data_seed, image_size=image_size)
             train_set, eval_set = splits["train"], splits["validation"]
         else:
@@ -186,7 +190,7 @@ class RagCaptionerTask(Task):
         return train_set.add_column("row", list(range(len(train_set)))), eval_set
 
     def build_model(self, train_set):
-        """The captioner around the VLP checkpoint; the datastore is built from the training captions and every
+        """The captioner around the retriever checkpoint; the datastore is built from the training captions and every
         training image's neighbours are searched once, here."""
         args = self.model_args
         decoder_tokenizer = decoder_config = None
@@ -195,7 +199,7 @@ class RagCaptionerTask(Task):
             sizes = {"n_layer": args.decoder_layers, "n_embd": args.decoder_width, "n_head": max(1, args.decoder_width // 64)}
             vocabulary = {"vocab_size": len(decoder_tokenizer)} if decoder_tokenizer is not None else {}
             decoder_config = GPT2Config(**TINY_DECODER_DEFAULTS | sizes | vocabulary)
-        model = RagCaptionerModel.from_vlp(
+        model = RagCaptionerModel.from_dual_encoder(
             args.retriever_model_name_or_path,
             decoder_model_name_or_path=args.decoder_model_name_or_path,
             decoder_config=decoder_config,
@@ -463,7 +467,7 @@ class RagCaptionerTask(Task):
             model_id=model_id,
             title=f"RAG captioner ({args.fusion} fusion)",
             summary=(
-                f"A retrieval-augmented captioner: the frozen VLP dual encoder `{args.retriever_model_name_or_path}` "
+                f"A retrieval-augmented captioner: the frozen dual encoder `{args.retriever_model_name_or_path}` "
                 f"retrieves the {config.num_retrieved} nearest of {len(self.captioner.retriever)} training captions from "
                 f"a faiss `{config.index_factory}` index shipped in this folder, and {decoder} writes the caption from "
                 f"the image and the retrieved captions ({args.fusion} fusion). Trained {training.max_train_steps} steps "
