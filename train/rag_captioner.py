@@ -420,10 +420,9 @@ class RagCaptionerTask(Task):
             f"| {labels[name]} | {values['CIDEr']:.1f} | {values['BLEU-4']:.2f} | {values['ROUGE-L']:.2f} |"
             for name, values in scores.items()
         ]
-        with_retrieval = scores["retrieval"]["CIDEr"]
         verdicts = [
-            f"{'beats' if with_retrieval > scores[name]['CIDEr'] else 'does NOT beat'} {labels[name]} "
-            f"({with_retrieval:.1f} vs {scores[name]['CIDEr']:.1f})"
+            f"{cider_verdict(scores['retrieval']['CIDEr'], scores[name]['CIDEr'])} {labels[name]} "
+            f"({scores['retrieval']['CIDEr']:.1f} vs {scores[name]['CIDEr']:.1f})"
             for name in ("no_retrieval", "random_retrieval")
         ]
         verdict = f"On CIDEr-D, the model with its retrieved neighbours {verdicts[0]} and {verdicts[1]}."
@@ -537,6 +536,13 @@ def plot_retrieval_examples(images: list, entries: list[dict], path: Path, colum
         caption.text(0.0, 0.98, text, transform=caption.transAxes, va="top", ha="left", fontsize=7.5, family="monospace")
     figure.subplots_adjust(left=0.02, right=0.98, top=0.99, bottom=0.01)
     figure.savefig(path, dpi=110)
+
+
+def cider_verdict(with_retrieval: float, baseline: float) -> str:
+    """How retrieval compares with a baseline, at the one decimal the table shows: a difference the table cannot
+    show is a tie, not a win."""
+    difference = round(with_retrieval, 1) - round(baseline, 1)
+    return "beats" if difference > 0 else "ties with" if difference == 0 else "does NOT beat"
 
 
 def ensure_retriever(argv: list[str] | None = None) -> None:
