@@ -1,4 +1,5 @@
-"""Configuration of the RAG captioner (a frozen VLP retriever, a faiss caption datastore, a cross-attending decoder)."""
+"""Configuration of the RAG captioner: a frozen dual-encoder retriever, a faiss caption datastore, a cross-attending
+decoder."""
 
 from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec

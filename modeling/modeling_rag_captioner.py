@@ -5,7 +5,7 @@ the retrieved captions.
 The dual encoder serves twice, frozen: its text tower embeds the datastore, its image tower embeds the query image for
 the search and gives the token states the decoder cross-attends to. Two fusions:
 
-- `"concat"`: the retrieved captions' VLP embeddings are projected, scaled by a learnable factor and appended to the
+- `"concat"`: the retrieved captions' embeddings are projected, scaled by a learnable factor and appended to the
   projected image states; the decoder cross-attends to both. A cosine penalty keeps the two projections in one space.
 - `"prompt"` (SmallCap): the retrieved captions are written into a prompt the decoder reads before the caption.
 
