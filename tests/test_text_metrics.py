@@ -6,11 +6,12 @@ from pathlib import Path
 
 import evaluate
 import jiwer
+import numpy as np
 import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from train.evaluation import generation_report
+from train.evaluation import generation_report, paired_difference
 
 METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
 
@@ -273,3 +274,21 @@ def test_generation_report_contents():
     assert report["bleu_signature"] in report["table"]
     assert report["table"].startswith("| BLEU-4 | ROUGE-L | WER |")
     assert f"{metrics['BLEU-4']:.2f}" in report["table"] and f"{metrics['WER']:.2f}" in report["table"]
+
+
+def test_paired_difference_calls_a_win_only_when_its_bootstrap_interval_excludes_zero():
+    rng = np.random.default_rng(0)
+    base = rng.normal(100.0, 30.0, size=500)
+    clear_win = paired_difference(base + 5.0 + rng.normal(0.0, 1.0, 500), base)
+    assert clear_win.verdict == "beats" and 0 < clear_win.low < clear_win.mean < clear_win.high
+    assert clear_win.mean == pytest.approx(5.0, abs=0.2)
+    noise = rng.normal(0.0, 5.0, 500)
+    tie = paired_difference(base + noise - noise.mean(), base)  # mean difference exactly 0
+    assert tie.verdict == "is not distinguishable from" and tie.low < 0 < tie.high
+    assert paired_difference(base - 5.0, base).verdict == "does worse than"
+    same = paired_difference(base, base)  # a collapsed comparison: no spread, no win
+    assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0) and same.verdict == "is not distinguishable from"
+    # The interval comes from resampling the pairs: resampling each side alone would be far wider here.
+    assert tie.high - tie.low < 0.25 * 2 * 1.96 * base.std() * np.sqrt(2 / 500)
+    with pytest.raises(ValueError, match="equal length"):
+        paired_difference([1.0, 2.0], [1.0])
