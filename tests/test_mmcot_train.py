@@ -70,6 +70,12 @@ def test_report_holds_every_metric_and_the_category_table(lora_run):
     for prefix in ("direct_", "text_only_", "shuffled_vision_", "gold_rationale_"):
         assert 0 <= metrics[f"{prefix}accuracy"] <= 100 and metrics[f"{prefix}unparsed"] >= 0
     assert 0 < metrics["gate_mean_image"] < 1 and 0 < metrics["gate_mean_no_image"] < 1
+    assert metrics["rationale_gain"] == pytest.approx(metrics["accuracy"] - metrics["direct_accuracy"])
+    assert metrics["vision_gain_IMG"] == pytest.approx(metrics["IMG"] - metrics["text_only_IMG"])
+    assert metrics["vision_gain_over_shuffled_IMG"] == pytest.approx(metrics["IMG"] - metrics["shuffled_vision_IMG"])
+    for name in ("rationale_gain", "vision_gain_IMG", "vision_gain_over_shuffled_IMG"):
+        assert metrics[f"{name}_ci_low"] <= metrics[name] <= metrics[f"{name}_ci_high"], name
+    assert "- Rationale (two-stage − direct, all problems): " in completed.stdout
     assert [entry["step"] for entry in results["train_history"] if "check/accuracy" in entry] == [2]
     assert "| answered | NAT (" in completed.stdout and "gold rationale → answer" in completed.stdout
     card = ModelCard.load(output_dir / "final" / "README.md")

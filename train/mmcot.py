@@ -34,7 +34,7 @@ from processing.processing_mmcot import STAGES, format_prompt, format_target
 from processing.tokenization_mmcot import train_unigram_tokenizer
 from train.arguments import DatasetNameArguments, DecoderLoraArguments, TrainingArguments
 from train.backbones import load_image_processor, tiny_vision_config
-from train.evaluation import load_metric, map_sharded
+from train.evaluation import load_metric, map_sharded, paired_difference
 from train.lora import apply_lora
 from train.runner import EvaluationReport, Task, run
 
@@ -49,6 +49,12 @@ VARIANTS = {
     "text_only_": ("generated", "none"),
     "shuffled_vision_": ("generated", "shuffled"),
     "gold_rationale_": ("gold", "own"),
+}
+# Paired accuracy differences the report gives (`train.evaluation.paired_difference`), in percentage points.
+EFFECT_NAMES = {
+    "rationale_gain": "Rationale (two-stage − direct, all problems)",
+    "vision_gain_IMG": "Vision on image problems (own image − vision removed)",
+    "vision_gain_over_shuffled_IMG": "Vision on image problems (own image − another problem's)",
 }
 VARIANT_NAMES = {
     "": "two-stage (generated rationale)",
@@ -375,6 +381,17 @@ class MMCoTTask(Task):
         rouge = load_metric("rouge").compute(predictions=generated, references=gold)
         metrics["rationale_ROUGE-L"] = 100.0 * rouge["rougeL"]
         has_image = np.array(self.eval_flags["has_image"])
+        # What the rationale and the picture are worth, per problem: accuracy differences with bootstrap intervals.
+        correct = {
+            prefix: 100.0 * (np.array([answer["choice_index"] for answer in answers], dtype=object) == np.array(references))
+            for prefix, answers in outputs.items()
+        }
+        effects = {"rationale_gain": paired_difference(correct[""], correct["direct_"])}
+        if has_image.sum() >= 2:
+            effects["vision_gain_IMG"] = paired_difference(correct[""][has_image], correct["text_only_"][has_image])
+            effects["vision_gain_over_shuffled_IMG"] = paired_difference(correct[""][has_image], correct["shuffled_vision_"][has_image])
+        for name, effect in effects.items():
+            metrics |= {name: effect.mean, f"{name}_ci_low": effect.low, f"{name}_ci_high": effect.high}
         gates = np.array(gates)
         metrics["gate_mean_image"] = float(gates[has_image].mean()) if has_image.any() else None
         metrics["gate_mean_no_image"] = float(gates[~has_image].mean()) if (~has_image).any() else None
@@ -382,14 +399,14 @@ class MMCoTTask(Task):
         return EvaluationReport(
             metrics=metrics,
             headline={name: metrics[name] for name in ("accuracy", "direct_accuracy", "text_only_IMG", "IMG", "rationale_ROUGE-L")},
-            tables=self._tables(results, metrics, rows, outputs),
+            tables=self._tables(results, metrics, effects, rows, outputs),
             examples=[
                 {"pid": row_pid, "rationale": answer["rationale"], "answer": answer["answer_text"], "gold": gold_rationale}
                 for row_pid, answer, gold_rationale in list(zip(rows["pid"], outputs[""], gold))[:20]
             ],
         )
 
-    def _tables(self, results: dict, metrics: dict, rows, outputs: dict) -> str:
+    def _tables(self, results: dict, metrics: dict, effects: dict, rows, outputs: dict) -> str:
         counts = results[""]
         header = "| answered | " + " | ".join(f"{name} ({counts[f'num_{name}']})" for name in CATEGORIES) + " | Avg | unparsed |"
         lines = [header, "|---" * (len(CATEGORIES) + 3) + "|"]
@@ -406,6 +423,9 @@ class MMCoTTask(Task):
             + "\n\nCategories as on the ScienceQA leaderboard: NAT/SOC/LAN by subject, TXT with a context, IMG with an image "
             "(they overlap), NO with neither, G1-6/G7-12 by grade. An answer that names no option is wrong and counted "
             "as unparsed, never replaced by a guess.\n\n"
+            + "".join(f"- {EFFECT_NAMES[name]}: {effect} points\n" for name, effect in effects.items())
+            + "\nAccuracy differences on the same problems, with 95 % percentile bootstrap intervals over the problems "
+            "(9,999 resamples).\n\n"
             f"Rationale ROUGE-L (generated vs gold lecture + solution): {metrics['rationale_ROUGE-L']:.1f}. "
             f"Mean fusion gate λ: {_format_gate(metrics['gate_mean_image'])} on problems with an image, "
             f"{_format_gate(metrics['gate_mean_no_image'])} without.\n\n"
