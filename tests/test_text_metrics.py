@@ -290,5 +290,10 @@ def test_paired_difference_calls_a_win_only_when_its_bootstrap_interval_excludes
     assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0) and same.verdict == "is not distinguishable from"
     # The interval comes from resampling the pairs: resampling each side alone would be far wider here.
     assert tie.high - tie.low < 0.25 * 2 * 1.96 * base.std() * np.sqrt(2 / 500)
+    # A consistent but invisible gain (a few items better by 1e-4) is not called a win at a resolution of 0.1.
+    tiny = np.zeros(12)
+    tiny[:4] = 1e-4
+    assert paired_difference(tiny, np.zeros(12)).verdict == "beats"
+    assert paired_difference(tiny, np.zeros(12), resolution=0.1).verdict == "is not distinguishable from"
     with pytest.raises(ValueError, match="equal length"):
         paired_difference([1.0, 2.0], [1.0])

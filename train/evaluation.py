@@ -173,35 +173,45 @@ def _format(value: float, key: str) -> str:
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """The mean of `a - b` over items scored both ways, and its bootstrap confidence interval."""
+    """The mean of `a - b` over items scored both ways, its bootstrap confidence interval, and the smallest
+    difference the scores are reported at (`resolution`)."""
 
     mean: float
     low: float
     high: float
+    resolution: float = 0.0
 
     @property
     def verdict(self) -> str:
-        """"beats" / "does worse than" when the interval excludes 0; otherwise the data cannot tell them apart."""
-        return "beats" if self.low > 0 else "does worse than" if self.high < 0 else "is not distinguishable from"
+        """"beats" / "does worse than" when the interval excludes 0 and the difference shows at the reported
+        resolution; otherwise the data cannot tell them apart."""
+        if self.low > 0 and self.mean >= self.resolution:
+            return "beats"
+        if self.high < 0 and self.mean <= -self.resolution:
+            return "does worse than"
+        return "is not distinguishable from"
 
     def __str__(self) -> str:
         return f"{self.mean:+.2f}, 95 % CI [{self.low:+.2f}, {self.high:+.2f}]"
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> PairedDifference:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], resolution: float = 0.0, seed: int = 0
+) -> PairedDifference:
     """Per-item scores of two systems on the same items (per-image CIDEr-D, per-problem correctness): mean of the
     differences with a 95 % percentile bootstrap interval over the items (9,999 seeded resamples of the pairs), so an
-    ablation is called a win only when resampling the test items would not undo it."""
+    ablation is called a win only when resampling the test items would not undo it, and (`resolution`, e.g. 0.1 for
+    scores printed to one decimal) only when the difference would show in the printed numbers."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape or len(a) < 2:
         raise ValueError(f"paired_difference needs two score lists of equal length >= 2, got shapes {a.shape} and {b.shape}.")
     differences = a - b
     if np.all(differences == differences[0]):  # no spread to resample: the interval is the value itself
-        return PairedDifference(float(differences[0]), float(differences[0]), float(differences[0]))
+        return PairedDifference(float(differences[0]), float(differences[0]), float(differences[0]), resolution)
     interval = bootstrap(
         (differences,), np.mean, confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed)
     ).confidence_interval
-    return PairedDifference(float(differences.mean()), float(interval.low), float(interval.high))
+    return PairedDifference(float(differences.mean()), float(interval.low), float(interval.high), resolution)
 
 
 def generation_report(predictions: list[str], references: list[str], *, lowercase: bool = True) -> dict:

@@ -387,8 +387,11 @@ class RagCaptionerTask(Task):
                 "ROUGE-L": 100.0 * rouge.compute(predictions=predictions, references=references, tokenizer="unicode")["rougeL"],
             }
         # Retrieval against each baseline on the same images: CIDEr-D is a mean of per-image scores, so the
-        # difference gets a bootstrap interval over images, and the share of captions retrieval left unchanged.
-        gains = {name: paired_difference(image_ciders["retrieval"], image_ciders[name]) for name in ABLATIONS[1:]}
+        # difference gets a bootstrap interval over images (and must show at the table's one decimal to count), and
+        # the share of captions retrieval left unchanged.
+        gains = {
+            name: paired_difference(image_ciders["retrieval"], image_ciders[name], resolution=0.1) for name in ABLATIONS[1:]
+        }
         unchanged = {name: float(np.mean([row["retrieval"] == row[name] for row in rows])) for name in ABLATIONS[1:]}
         config = model.config
         dims = [config.retriever_config.projection_dim] + ([config.search_dim] if config.search_dim else [])
