@@ -196,8 +196,9 @@ class RagCaptionerModel(FreezeAfterLoadingMixin, RagCaptionerPreTrainedModel, Ge
                 scratch (the default config uses the same uncased WordPiece vocabulary).
             config_kwargs: further `RagCaptionerConfig` fields (fusion, num_retrieved, index_factory, ...).
         """
-        is_clip = isinstance(load_retriever_config(retriever_model_name_or_path), CLIPConfig)
-        vlp = (CLIPModel if is_clip else VLPModel).from_pretrained(retriever_model_name_or_path)
+        retriever_config = load_retriever_config(retriever_model_name_or_path)
+        retriever_class = CLIPModel if isinstance(retriever_config, CLIPConfig) else VLPModel
+        vlp = retriever_class.from_pretrained(retriever_model_name_or_path, config=retriever_config)
         # The tokenizer is a transformers class named in tokenizer_config.json. An empty config keeps AutoTokenizer from
         # reading the folder's config, whose model type only the folder's remote code knows.
         retriever_tokenizer = retriever_tokenizer or AutoTokenizer.from_pretrained(

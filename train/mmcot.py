@@ -368,10 +368,10 @@ class MMCoTTask(Task):
 
         references = rows["answer"]
         metric = load_metric("scienceqa_accuracy")
-        metrics, results = {}, {}
+        metrics, results, predictions = {}, {}, {}
         for prefix, answers in outputs.items():
-            predictions = [-1 if answer["choice_index"] is None else answer["choice_index"] for answer in answers]
-            results[prefix] = metric.compute(predictions=predictions, references=references, **self.eval_flags)
+            predictions[prefix] = [-1 if answer["choice_index"] is None else answer["choice_index"] for answer in answers]
+            results[prefix] = metric.compute(predictions=predictions[prefix], references=references, **self.eval_flags)
             metrics[f"{prefix}accuracy"] = results[prefix]["accuracy"]
             metrics[f"{prefix}unparsed"] = results[prefix]["unparsed"]
             for category in CATEGORIES:
@@ -382,10 +382,7 @@ class MMCoTTask(Task):
         metrics["rationale_ROUGE-L"] = 100.0 * rouge["rougeL"]
         has_image = np.array(self.eval_flags["has_image"])
         # What the rationale and the picture are worth, per problem: accuracy differences with bootstrap intervals.
-        correct = {
-            prefix: 100.0 * (np.array([answer["choice_index"] for answer in answers], dtype=object) == np.array(references))
-            for prefix, answers in outputs.items()
-        }
+        correct = {prefix: 100.0 * (np.array(chosen) == np.array(references)) for prefix, chosen in predictions.items()}
         effects = {"rationale_gain": paired_difference(correct[""], correct["direct_"])}
         if has_image.sum() >= 2:
             effects["vision_gain_IMG"] = paired_difference(correct[""][has_image], correct["text_only_"][has_image])
